@@ -3,7 +3,7 @@
 * :mod:`~jaxeff.coreset.logistic`  ``logistic_loss``, ``fit_logistic`` (jit Newton / optax L-BFGS)
 * :mod:`~jaxeff.coreset.samplers`  ``uniform``, ``sqrt_leverage``, ``lewis_weights``,
   ``augmented_sensitivity`` (jit, shardable), ``coreset_probabilities``, ``merge_and_reduce``
-* :mod:`~jaxeff.coreset.oblivious` ``oblivious_sketch`` (multilevel hashing) and its loss
+* :mod:`~jaxeff.coreset.oblivious` ``oblivious_sketch`` (multilevel hashing), its loss and fit
 * :mod:`~jaxeff.coreset.mu`        exact ``mu`` by a d-row LP, ``mu_bounds_mssw``
 * :mod:`~jaxeff.coreset.features`  ``project_features``, ``select_features``, ``fit_sketched_features``
 * :mod:`~jaxeff.coreset.data`      ``make_coreset_data`` (Covertype/KDD/Webspam-shaped data)
@@ -21,7 +21,13 @@ from jaxeff.coreset.features import (
 )
 from jaxeff.coreset.logistic import LogisticFit, LogisticFitStatus, fit_logistic, logistic_loss
 from jaxeff.coreset.mu import MuBounds, MuResult, MuStatus, mu, mu_bounds_mssw, mu_ratio
-from jaxeff.coreset.oblivious import oblivious_sketch, oblivious_sketch_loss
+from jaxeff.coreset.oblivious import (
+    ObliviousSketch,
+    fit_oblivious_sketch,
+    oblivious_level_probabilities,
+    oblivious_sketch,
+    oblivious_sketch_loss,
+)
 from jaxeff.coreset.samplers import (
     CORESET_SAMPLERS,
     Coreset,
@@ -38,7 +44,8 @@ __all__ = [
     "logistic_loss", "fit_logistic", "LogisticFit", "LogisticFitStatus",
     "uniform", "sqrt_leverage", "lewis_weights", "augmented_sensitivity", "coreset_probabilities",
     "CORESET_SAMPLERS", "Coreset", "take_coreset", "merge_and_reduce",
-    "oblivious_sketch", "oblivious_sketch_loss",
+    "oblivious_sketch", "oblivious_sketch_loss", "fit_oblivious_sketch", "ObliviousSketch",
+    "oblivious_level_probabilities",
     "mu", "MuResult", "MuStatus", "mu_bounds_mssw", "MuBounds", "mu_ratio",
     "project_features", "select_features", "fit_sketched_features", "FeatureProjection",
     "FeatureSketchFit", "fwht",

@@ -177,13 +177,10 @@ def _newton(X, y, w, l2, beta0, max_steps, tol, axis=None):
     return s.b, s.f, s.status, s.it, jnp.linalg.norm(g)
 
 
-def _lbfgs(X, y, w, l2, beta0, max_steps, tol, axis=None):
-    dt = X.dtype
-
-    def fval(b):
-        z = y * (X @ b)
-        return psum(jnp.sum(w * jax.nn.softplus(-z)), axis) + 0.5 * l2 * jnp.dot(b, b)
-
+def _lbfgs_minimize(fval, beta0, max_steps, tol):
+    """optax L-BFGS (zoom line search) on a scalar function of beta; stops on a relative change
+    of f below ``tol``, a gradient norm below ``sqrt(tol) * max(|g0|, 1)`` or ``max_steps``."""
+    dt = beta0.dtype
     opt = optax.lbfgs(memory_size=20)
     vg = optax.value_and_grad_from_state(fval)
     f0, g0 = jax.value_and_grad(fval)(beta0)
@@ -210,6 +207,14 @@ def _lbfgs(X, y, w, l2, beta0, max_steps, tol, axis=None):
         jnp.where(it >= max_steps, LogisticFitStatus.MAX_STEPS, LogisticFitStatus.CONVERGED),
     ).astype(jnp.int32)
     return b, f, status, it, gn
+
+
+def _lbfgs(X, y, w, l2, beta0, max_steps, tol, axis=None):
+    def fval(b):
+        z = y * (X @ b)
+        return psum(jnp.sum(w * jax.nn.softplus(-z)), axis) + 0.5 * l2 * jnp.dot(b, b)
+
+    return _lbfgs_minimize(fval, beta0, max_steps, tol)
 
 
 def _fit_core(X, y, w, l2, beta0, tol, *, method, max_steps, axis):

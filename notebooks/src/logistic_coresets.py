@@ -61,7 +61,7 @@ NAMES = list(C.CORESET_SAMPLERS) + ["oblivious"]
 def ratio_fn(name, m):
     def one(key, X, y, fstar):
         if name == "oblivious":
-            beta = C.fit_logistic(*C.oblivious_sketch(key, X, y, m)).beta
+            beta = C.fit_oblivious_sketch(C.oblivious_sketch(key, X, y, m)).beta
         else:
             i, w = C.CORESET_SAMPLERS[name](key, X, y, m)
             beta = C.fit_logistic(X[i], y[i], w).beta

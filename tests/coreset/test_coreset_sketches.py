@@ -12,6 +12,7 @@ from jaxeff.coreset import (
     fwht,
     logistic_loss,
     make_coreset_data,
+    fit_oblivious_sketch,
     oblivious_sketch,
     oblivious_sketch_loss,
     project_features,
@@ -20,39 +21,105 @@ from jaxeff.coreset import (
 from jaxeff.coreset import oblivious as O
 
 
-def test_oblivious_sketch_equals_dense_and_sharded(mesh8):
+def _numpy_oblivious_reference(X, y, m, L, lev, bucket, uni):
+    """Slow, loop-by-row construction of the MOW21 sketch from given hashes (float64)."""
+    n, d = X.shape
+    N = m // (L + 1)
+    U = m - L * N
+    b = (n / N) ** (1.0 / (L - 1))
+    alpha = sum(b ** (-h) for h in range(L))
+    p = [b ** (-h) / alpha for h in range(L)]
+    S = np.zeros((L * N + U, d))
+    w = np.zeros(L * N + U)
+    for i in range(n):
+        S[lev[i] * N + bucket[i]] += y[i] * X[i].astype(np.float64)
+    for h in range(L):
+        for j in range(N):
+            w[h * N + j] = 1.0 / p[h]
+    for t, i in enumerate(uni):
+        S[L * N + t] = y[i] * X[i].astype(np.float64)
+        w[L * N + t] = n / U
+    return S, w, N, U, p
+
+
+def _numpy_sketch_loss(S, w, L, N, k, beta):
+    total = 0.0
+    for h in range(L):
+        losses = sorted((np.logaddexp(0.0, -S[h * N + j] @ beta) for j in range(N)), reverse=True)
+        total += w[h * N] * sum(losses[:k])
+    for t in range(L * N, S.shape[0]):
+        total += w[t] * np.logaddexp(0.0, -S[t] @ beta)
+    return total
+
+
+def test_oblivious_sketch_equals_numpy_reference_and_sharded(mesh8):
     X, y = make_coreset_data("covertype", 1024, seed=1)
     key = jax.random.key(2)
-    sk = oblivious_sketch(key, X, y, 64, num_levels=4)
-    # dense reference with the same hashes
-    L, N = 4, 16
-    q = 2.0 ** -np.arange(L)
-    q /= q.sum()
-    k1, k2 = jax.random.split(key)
-    lev = np.asarray(jax.random.categorical(k1, jnp.log(jnp.asarray(q, jnp.float32)), shape=(1024,)))
-    bucket = np.asarray(jax.random.randint(k2, (1024,), 0, N, dtype=jnp.int32))
-    Smat = np.zeros((L * N, 1024))
-    Smat[lev * N + bucket, np.arange(1024)] = 1.0
-    ref = Smat @ (y[:, None] * X.astype(np.float64))
-    np.testing.assert_allclose(np.asarray(sk.X), ref, rtol=1e-4, atol=1e-3)
-    np.testing.assert_allclose(np.asarray(sk.weights), np.repeat(1 / q, N), rtol=1e-6)
+    m, L = 80, 3
+    sk = oblivious_sketch(key, X, y, m, num_levels=L)
+    p, N, U = O.oblivious_level_probabilities(1024, m, L)
+    lev, bucket, uni = (np.asarray(a) for a in O._hashes(key, 1024, L, N, U, p))
+    assert len(set(uni.tolist())) == U  # distinct uniform rows
+    S, w, N_ref, U_ref, p_ref = _numpy_oblivious_reference(X, y, m, L, lev, bucket, uni)
+    assert (sk.buckets, sk.num_levels, sk.keep) == (N_ref, L, N_ref // 4)
+    assert sk.X.shape == (m, 54) and U_ref == m - L * N_ref
+    np.testing.assert_allclose(p, p_ref, rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(sk.X), S, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(np.asarray(sk.weights), w, rtol=1e-5)
     Xs, ys = shard_batch((jnp.asarray(X), jnp.asarray(y)), mesh8)
-    sk8 = oblivious_sketch(key, Xs, ys, 64, num_levels=4)
+    sk8 = oblivious_sketch(key, Xs, ys, m, num_levels=L)
     np.testing.assert_allclose(np.asarray(sk8.X), np.asarray(sk.X), rtol=1e-4, atol=1e-3)
-    beta = jnp.asarray(np.random.default_rng(0).standard_normal(54) * 0.1, jnp.float32)
-    direct = float(np.sum(np.repeat(1 / q, N) * np.logaddexp(0, -(ref @ np.asarray(beta, np.float64)))))
-    assert float(oblivious_sketch_loss(sk, beta)) == pytest.approx(direct, rel=1e-4)
+    beta = np.random.default_rng(0).standard_normal(54) * 0.3
+    direct = _numpy_sketch_loss(S, w, L, N_ref, N_ref // 4, beta)
+    assert float(oblivious_sketch_loss(sk, jnp.asarray(beta, jnp.float32))) == pytest.approx(direct, rel=1e-4)
+    # keep=1: every bucket counts, the plain weighted logistic loss of the sketch rows
+    sk1 = oblivious_sketch(key, X, y, m, num_levels=L, keep=1.0)
+    plain = float(logistic_loss(jnp.asarray(beta, jnp.float32), sk1.X, sk1.y, sk1.weights))
+    assert float(oblivious_sketch_loss(sk1, jnp.asarray(beta, jnp.float32))) == pytest.approx(plain, rel=1e-5)
 
 
-def test_oblivious_sketch_fit_is_reasonable():
-    X, y = make_coreset_data("covertype", 8000, seed=3)
+def test_oblivious_hash_distribution_and_unbiased_levels():
+    n, m, L = 200_000, 4000, 3
+    p, N, U = O.oblivious_level_probabilities(n, m, L)
+    b = (n / N) ** 0.5
+    np.testing.assert_allclose(p, np.array([1, 1 / b, 1 / b**2]) / (1 + 1 / b + 1 / b**2))
+    assert n * p[-1] == pytest.approx(N * (1 - 1 / b), rel=0.05)  # the sparsest level: ~N rows
+    lev, bucket, uni = (np.asarray(a) for a in O._hashes(jax.random.key(5), n, L, N, U, p))
+    counts = np.bincount(lev, minlength=L)
+    assert np.all(np.abs(counts - n * p) < 5 * np.sqrt(n * p * (1 - p)))
+    bc = np.bincount(bucket, minlength=N)
+    assert np.abs(bc - n / N).max() < 6 * np.sqrt(n / N)
+    # every level's weighted bucket sum is an unbiased estimate of sum_i z_i (here z_i = x_i)
+    X = np.random.default_rng(0).lognormal(size=(2000, 2)).astype(np.float32)
+    y = np.ones(2000, np.float32)
+    est = []
+    for r in range(200):
+        sk = oblivious_sketch(jax.random.key(r), X, y, 40, num_levels=L)
+        Z, w = np.asarray(sk.X, np.float64), np.asarray(sk.weights, np.float64)
+        est.append([(w[h * sk.buckets] * Z[h * sk.buckets:(h + 1) * sk.buckets].sum(0)) for h in range(L)]
+                   + [(w[-1] * Z[L * sk.buckets:].sum(0))])
+    est = np.asarray(est)  # [reps, L + 1, 2]
+    truth = X.astype(np.float64).sum(0)
+    mean, se = est.mean(0), est.std(0) / np.sqrt(est.shape[0]) + 1e-9
+    assert np.all(np.abs(mean - truth) < 5 * se)
+
+
+def test_oblivious_sketch_fit_minimises_sketched_loss():
+    X, y = make_coreset_data("covertype", 20_000, seed=3)
     full = fit_logistic(X, y)
-    sk = oblivious_sketch(jax.random.key(0), X, y, 1000)
-    b = fit_logistic(*sk, l2=1e-3).beta
-    ratio = float(logistic_loss(b, X, y)) / float(full.loss)
-    assert 1.0 - 1e-4 <= ratio < 2.0
+    sk = oblivious_sketch(jax.random.key(0), X, y, 2000)
+    fit = fit_oblivious_sketch(sk)
+    assert fit.status.name == "CONVERGED"
+    f0 = float(oblivious_sketch_loss(sk, fit.beta))
+    rng = np.random.default_rng(0)
+    for _ in range(5):  # convex objective: random perturbations never go lower
+        assert float(oblivious_sketch_loss(sk, fit.beta + 1e-2 * rng.standard_normal(54))) >= f0 * (1 - 1e-6)
+    ratio = float(logistic_loss(fit.beta, X, y)) / float(full.loss)
+    assert 1.0 - 1e-4 <= ratio < 1.2
     with pytest.raises(ValueError, match="m"):
         oblivious_sketch(jax.random.key(0), X, y, 0)
+    with pytest.raises(ValueError, match="keep"):
+        oblivious_sketch(jax.random.key(0), X, y, 100, keep=0.0)
 
 
 def test_fwht_and_projections():
