@@ -37,6 +37,7 @@ def fake_quant(
     ste: str = "clipped",
     percentile: float = 99.9,
     mse_grid: int = 32,
+    scale_dtype=None,
 ) -> jax.Array:
     """Quantize-dequantize ``x`` with a straight-through gradient.
 
@@ -49,7 +50,8 @@ def fake_quant(
 
     Args:
         x: float array.
-        fmt, axis, group_size, symmetric, calibration, rounding, key, percentile, mse_grid:
+        fmt, axis, group_size, symmetric, calibration, rounding, key, percentile, mse_grid,
+        scale_dtype:
             as in :func:`quantize`.
         ste: "clipped" (zero gradient outside the clip range) or "identity".
 
@@ -69,12 +71,12 @@ def fake_quant(
     xs = jax.lax.stop_gradient(x)
     qa = quantize(xs, f, axis=axis, group_size=group_size, symmetric=symmetric,
                   calibration=calibration, rounding=rounding, key=key, percentile=percentile,
-                  mse_grid=mse_grid)
+                  mse_grid=mse_grid, scale_dtype=scale_dtype)
     deq = qa.dequantize(jnp.float32).astype(x.dtype)
     y = x + jax.lax.stop_gradient(deq - x)
     if ste == "identity":
         return y
-    s = qa.full_scale()
+    s = qa.full_scale().astype(jnp.float32)
     z = qa.full_zero_point()
     z = 0.0 if z is None else z.astype(jnp.float32)
     lo = (f.qmin - z) * s

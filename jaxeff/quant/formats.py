@@ -5,10 +5,13 @@ the integers ``[-2^(N-1), 2^(N-1)-1]`` and ``uintN`` the integers ``[0, 2^N-1]``
 4 bits or fewer are stored packed (two 4-bit or four 2-bit codes per byte, see
 :func:`jaxeff.quant.pack_int`). Floating formats are the OCP fp8 types as jnp dtypes:
 ``e4m3`` (``jnp.float8_e4m3fn``, max 448, no inf) and ``e5m2`` (``jnp.float8_e5m2``, max
-57344).
+57344). The codebook format ``nf4`` (QLoRA's 4-bit NormalFloat) stores 4-bit indices into
+:data:`NF4_CODEBOOK` (16 values in ``[-1, 1]``, quantiles of a standard normal, with an
+exact zero), packed two per byte like int4, with one absmax scale per group.
 
 References:
     Micikevicius et al., "FP8 Formats for Deep Learning", arXiv:2209.05433.
+    Dettmers et al., "QLoRA: Efficient Finetuning of Quantized LLMs", arXiv:2305.14314 (NF4).
 """
 from __future__ import annotations
 
@@ -18,7 +21,18 @@ from typing import Union
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["QFormat", "get_qformat", "QFORMAT_NAMES"]
+__all__ = ["QFormat", "get_qformat", "QFORMAT_NAMES", "NF4_CODEBOOK"]
+
+# QLoRA's NormalFloat4 (arXiv:2305.14314, Appendix E): the 16 values are
+# ``q_i / max|q|`` with 8 positive quantiles ``Phi^-1(linspace(delta, 1/2, 9)[:-1])``, 7
+# negative ones ``-Phi^-1(linspace(delta, 1/2, 8)[:-1])`` and 0, ``delta = 0.9677083``
+# (tests rebuild it from that construction with scipy).
+NF4_CODEBOOK = np.array([
+    -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
+    -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
+    0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
+    0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0,
+], dtype=np.float32)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -27,7 +41,7 @@ class QFormat:
 
     Attributes:
         name: canonical name ("int8", "uint4", "e4m3", ...).
-        kind: "int" or "float".
+        kind: "int", "float" (fp8) or "codebook" (nf4: 4-bit indices into a value table).
         bits: bits per value (2..8).
         signed: whether negative values are representable.
 
@@ -46,10 +60,27 @@ class QFormat:
         return self.kind == "int"
 
     @property
+    def is_float(self) -> bool:
+        """An fp8 format (codes are fp8 values)."""
+        return self.kind == "float"
+
+    @property
+    def is_codebook(self) -> bool:
+        """A codebook format (codes are indices into :attr:`codebook`)."""
+        return self.kind == "codebook"
+
+    @property
+    def codebook(self) -> np.ndarray | None:
+        """The sorted float32 value table of a codebook format (None otherwise)."""
+        return NF4_CODEBOOK if self.name == "nf4" else None
+
+    @property
     def qmin(self) -> int | float:
         """Smallest representable value (integer code for int formats)."""
         if self.is_int:
             return -(2 ** (self.bits - 1)) if self.signed else 0
+        if self.is_codebook:
+            return float(self.codebook[0])
         return -float(jnp.finfo(self.dtype).max)
 
     @property
@@ -57,6 +88,8 @@ class QFormat:
         """Largest representable value (integer code for int formats)."""
         if self.is_int:
             return 2 ** (self.bits - 1) - 1 if self.signed else 2**self.bits - 1
+        if self.is_codebook:
+            return float(self.codebook[-1])
         return float(jnp.finfo(self.dtype).max)
 
     @property
@@ -66,15 +99,18 @@ class QFormat:
 
     @property
     def dtype(self):
-        """Unpacked storage dtype: int8/uint8 for integers, the fp8 jnp dtype for floats."""
+        """Unpacked storage dtype: int8/uint8 for integers (uint8 indices for codebooks), the fp8
+        jnp dtype for floats."""
+        if self.is_codebook:
+            return jnp.uint8
         if self.kind == "float":
             return {"e4m3": jnp.float8_e4m3fn, "e5m2": jnp.float8_e5m2}[self.name]
         return jnp.int8 if self.signed else jnp.uint8
 
     @property
     def container_bits(self) -> int:
-        """Bits of the packed slot: 2 for 2-bit, 4 for 3/4-bit, 8 otherwise."""
-        if not self.is_int or self.bits > 4:
+        """Bits of the packed slot: 2 for 2-bit, 4 for 3/4-bit (and nf4), 8 otherwise."""
+        if self.is_float or self.bits > 4:
             return 8
         return 2 if self.bits <= 2 else 4
 
@@ -99,6 +135,7 @@ def _build() -> dict[str, QFormat]:
         out[f"uint{b}"] = QFormat(name=f"uint{b}", kind="int", bits=b, signed=False)
     out["e4m3"] = QFormat(name="e4m3", kind="float", bits=8, signed=True)
     out["e5m2"] = QFormat(name="e5m2", kind="float", bits=8, signed=True)
+    out["nf4"] = QFormat(name="nf4", kind="codebook", bits=4, signed=True)
     return out
 
 
@@ -110,6 +147,7 @@ _ALIASES = {
     "fp8_e4m3": "e4m3",
     "float8_e5m2": "e5m2",
     "fp8_e5m2": "e5m2",
+    "normalfloat4": "nf4",
 }
 QFORMAT_NAMES = tuple(_FORMATS) + tuple(_ALIASES)
 
@@ -139,7 +177,7 @@ def get_qformat(fmt: FormatLike, name: str = "fmt") -> QFormat:
     key = _ALIASES.get(key, key)
     if key not in _FORMATS:
         raise ValueError(
-            f"`{name}` must be one of {sorted(_FORMATS)} (int2..int8, uint2..uint8, e4m3, e5m2), "
+            f"`{name}` must be one of {sorted(_FORMATS)} (int2..int8, uint2..uint8, e4m3, e5m2, nf4), "
             f"got {fmt!r}."
         )
     return _FORMATS[key]

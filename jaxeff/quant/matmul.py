@@ -108,11 +108,11 @@ def quantized_dot_general(
                 a = lhs.codes().astype(jnp.int8) if lhs.fmt.signed or lhs.fmt.bits < 8 else lhs.codes().astype(jnp.int32)
                 b = rhs.codes().astype(jnp.int8) if rhs.fmt.signed or rhs.fmt.bits < 8 else rhs.codes().astype(jnp.int32)
                 acc = jax.lax.dot_general(a, b, dimension_numbers, preferred_element_type=jnp.int32)
-                return (acc.astype(jnp.float32) * ls * rs).astype(out_dtype)
-            if not lhs.fmt.is_int and not rhs.fmt.is_int:
+                return (acc.astype(jnp.float32) * ls.astype(jnp.float32) * rs.astype(jnp.float32)).astype(out_dtype)
+            if lhs.fmt.is_float and rhs.fmt.is_float:
                 acc = jax.lax.dot_general(lhs.qvalue, rhs.qvalue, dimension_numbers,
                                           preferred_element_type=jnp.float32)
-                return (acc * ls * rs).astype(out_dtype)
+                return (acc * ls.astype(jnp.float32) * rs.astype(jnp.float32)).astype(out_dtype)
     a = lhs.dequantize(jnp.float32) if lq else lhs
     b = rhs.dequantize(jnp.float32) if rq else rhs
     return jax.lax.dot_general(a, b, dimension_numbers, precision=precision,

@@ -8,6 +8,16 @@ by a :class:`QuantizedLinear` holding the quantized kernel (codes, scales, zero 
 new model keeps the call signature; unmatched layers are untouched (shared with the input
 model, which is not modified).
 
+Rules with ``"param"`` in ``targets`` also quantize free-standing ``nnx.Param`` arrays of
+two or more dimensions that are not owned by a Linear/Embed layer (e.g. a learned position
+table ``model.pos``), with RTN and one scale per row (shared along the last axis); they
+become :class:`QuantizedTensor` variables that dequantize on access (``model.pos[...]``).
+
+Quantized models are saved with :func:`save_quantized` as **safetensors** files (every
+code/scale/zero-point array is a tensor, packed int4/nf4 as uint8, fp8 as F8_E4M3/F8_E5M2,
+bf16 scales as BF16; the format/axis/group/shape metadata is JSON in the header metadata)
+and read back bit-exactly by :func:`load_quantized`.
+
 QAT: ``prepare_qat(model, rules)`` swaps matched layers for :class:`QATLinear` (float
 kernel, fake-quantized in the forward pass with a straight-through estimator), which trains
 with any ``nnx.Optimizer(model, optax_tx, wrt=nnx.Param)``; ``quantize_model`` then turns
@@ -34,13 +44,24 @@ from jaxeff.quant.fake import fake_quant
 from jaxeff.quant.formats import FormatLike, QFormat, get_qformat
 from jaxeff.quant.matmul import quantized_matmul
 from jaxeff.quant.ptq import awq, gptq, quantease, rtn, smoothquant
-from jaxeff.quant.qarray import CALIBRATIONS, QArray, ScaledQArray, quantize, unpack_int
+from jaxeff.quant.qarray import (
+    CALIBRATIONS,
+    SCALE_DTYPES,
+    QArray,
+    ScaledQArray,
+    _code_values,
+    _scale_dtype_name,
+    _scale_shape,
+    quantize,
+    unpack_int,
+)
 
 __all__ = [
     "QuantRule",
     "QuantizedParam",
     "QuantizedLinear",
     "QuantizedEmbed",
+    "QuantizedTensor",
     "QATLinear",
     "prepare_qat",
     "quantize_model",
@@ -51,10 +72,36 @@ __all__ = [
 ]
 
 QUANT_METHODS = ("rtn", "gptq", "awq", "smoothquant", "quantease")
+QUANT_TARGETS = ("linear", "embed", "param")
 
 
 class QuantizedParam(nnx.Variable):
     """Variable type of quantized buffers (codes, scales, zero points, input scales)."""
+
+
+class QuantizedTensor(QuantizedParam):
+    """A variable holding a whole :class:`QArray`; reading it dequantizes.
+
+    ``var[...]`` (or any index) and ``jnp.asarray(var)`` return the dequantized float array,
+    so model code written for an ``nnx.Param`` (``self.pos[...][:T]``) runs unchanged;
+    ``var.get_value()`` is the :class:`QArray` itself (its codes and scales are the state
+    leaves, so ``quant_weight_bytes`` counts the quantized bytes).
+
+    Example:
+        >>> v = QuantizedTensor(quantize(jnp.ones((4, 8)), "int4", axis=1))
+        >>> v[...].shape
+        (4, 8)
+    """
+
+    def __getitem__(self, key):
+        return self.get_value().dequantize()[key]
+
+    def __jax_array__(self):
+        return self.get_value().dequantize()
+
+    @property
+    def shape(self):
+        return tuple(self.get_value().shape)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -71,6 +118,12 @@ class QuantRule:
         group_size: input rows per scale group (None: per output column).
         symmetric, calibration: weight quantizer settings (see :func:`quantize`).
         method_kwargs: extra keyword arguments for the method (e.g. ``{"act_order": True}``).
+        scale_dtype: dtype the weight scales are stored in: "float32" (default), "bfloat16" or
+            "float16" (scales are rounded up to it before coding, see :func:`quantize`).
+        targets: what the rule may match: "linear" (``nnx.Linear`` kernels), "embed"
+            (``nnx.Embed`` tables, RTN only, one scale per row), "param" (free-standing
+            ``nnx.Param`` arrays of >= 2 dims such as a learned position table, RTN only, one
+            scale per row of the last axis). Default ``("linear", "embed")``.
     """
 
     pattern: str = ".*"
@@ -81,8 +134,15 @@ class QuantRule:
     symmetric: bool = True
     calibration: str = "absmax"
     method_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    scale_dtype: Any = "float32"
+    targets: tuple[str, ...] = ("linear", "embed")
 
     def __post_init__(self):
+        object.__setattr__(self, "scale_dtype", _scale_dtype_name(self.scale_dtype))
+        targets = (self.targets,) if isinstance(self.targets, str) else tuple(self.targets)
+        if not targets or any(t not in QUANT_TARGETS for t in targets):
+            raise ValueError(f"`targets` must be a non-empty subset of {QUANT_TARGETS}, got {self.targets!r}.")
+        object.__setattr__(self, "targets", targets)
         try:
             re.compile(self.pattern)
         except re.error as e:
@@ -192,11 +252,11 @@ class QuantizedEmbed(nnx.Module):
             raise ValueError(f"`tokens` must be integers, got dtype {tokens.dtype}.")
         rows = self.qvalue[...][tokens]
         codes = unpack_int(rows, self.fmt, self.features) if self.fmt.packed else rows
-        v = codes.astype(jnp.float32)
+        v = _code_values(codes, self.fmt)
         rep = 1 if self.group_size is None else self.group_size
         if self.zero_point is not None:
             v = v - jnp.repeat(self.zero_point[...][tokens], rep, axis=-1, total_repeat_length=self.features if self.group_size else None).astype(jnp.float32)
-        s = self.scale[...][tokens]
+        s = self.scale[...][tokens].astype(jnp.float32)
         if self.group_size is not None:
             s = jnp.repeat(s, rep, axis=-1, total_repeat_length=self.features)
         return (v * s).astype(jnp.dtype(self.dtype))
@@ -215,7 +275,8 @@ class QATLinear(nnx.Module):
 
     def __init__(self, kernel: jax.Array, bias: jax.Array | None, *, weight_fmt: FormatLike,
                  act_fmt: FormatLike | None = None, group_size: int | None = None,
-                 symmetric: bool = True, calibration: str = "absmax", ste: str = "clipped"):
+                 symmetric: bool = True, calibration: str = "absmax", ste: str = "clipped",
+                 scale_dtype: Any = "float32"):
         self.kernel = nnx.Param(jnp.asarray(kernel))
         self.bias = None if bias is None else nnx.Param(jnp.asarray(bias))
         self.weight_fmt = get_qformat(weight_fmt, "weight_fmt").name
@@ -224,10 +285,12 @@ class QATLinear(nnx.Module):
         self.symmetric = symmetric
         self.calibration = calibration
         self.ste = ste
+        self.scale_dtype = _scale_dtype_name(scale_dtype)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         w = fake_quant(self.kernel[...], self.weight_fmt, axis=0, group_size=self.group_size,
-                       symmetric=self.symmetric, calibration=self.calibration, ste=self.ste)
+                       symmetric=self.symmetric, calibration=self.calibration, ste=self.ste,
+                       scale_dtype=self.scale_dtype)
         if self.act_fmt is not None:
             x = fake_quant(x, self.act_fmt, axis=-1, ste=self.ste)
         y = x @ w
@@ -261,13 +324,30 @@ def _as_rules(rules) -> list[QuantRule]:
     return rules
 
 
-def _match(rules: list[QuantRule], path: str, embed: bool = False) -> QuantRule | None:
+def _match(rules: list[QuantRule], path: str, kind: str = "linear") -> QuantRule | None:
     for r in rules:
-        if embed and r.method != "rtn":
-            continue  # embeddings have no layer inputs: only RTN rules apply to them
+        if kind not in r.targets:
+            continue
+        if kind != "linear" and r.method != "rtn":
+            continue  # tables have no layer inputs: only RTN rules apply to them
         if re.fullmatch(r.pattern, path):
             return r
     return None
+
+
+_LAYER_KINDS = (nnx.Linear, nnx.Embed, nnx.LinearGeneral, nnx.Conv, nnx.Einsum)
+
+
+def _free_params(model: nnx.Module):
+    """(module path, attribute, module, Param) of free-standing >= 2-D ``nnx.Param`` arrays."""
+    out = []
+    for p, m in nnx.iter_modules(model):
+        if isinstance(m, _LAYER_KINDS + (QATLinear, QuantizedLinear, QuantizedEmbed)):
+            continue
+        for name, v in list(vars(m).items()):
+            if type(v) is nnx.Param and np.ndim(v.get_value()) >= 2 and jnp.issubdtype(v.get_value().dtype, jnp.floating):
+                out.append((tuple(p), name, m, v))
+    return out
 
 
 def _linear_layers(model: nnx.Module, kinds=(nnx.Linear, QATLinear)):
@@ -301,14 +381,15 @@ def prepare_qat(model: nnx.Module, rules: QuantRule | Sequence[QuantRule]) -> nn
         bias = None if getattr(lin, "bias", None) is None else lin.bias[...]
         _set_child(new, path, QATLinear(lin.kernel[...], bias, weight_fmt=r.weight_fmt,
                                         act_fmt=r.act_fmt, group_size=r.group_size,
-                                        symmetric=r.symmetric, calibration=r.calibration))
+                                        symmetric=r.symmetric, calibration=r.calibration,
+                                        scale_dtype=r.scale_dtype))
     return new
 
 
 def _quantize_kernel(rule: QuantRule, kernel: jax.Array, x: jax.Array | None):
     f = get_qformat(rule.weight_fmt, "weight_fmt")
     kw = dict(rule.method_kwargs)
-    common = dict(symmetric=rule.symmetric, calibration=rule.calibration)
+    common = dict(symmetric=rule.symmetric, calibration=rule.calibration, scale_dtype=rule.scale_dtype)
     if rule.method == "rtn":
         return rtn(kernel, f, group_size=rule.group_size, **common, **kw)
     if rule.method == "gptq":
@@ -331,7 +412,10 @@ def quantize_model(
 
     ``nnx.Embed`` tables are matched only by rules with ``method="rtn"`` (the other methods
     need layer inputs, which a lookup table does not have) and are quantized with one scale
-    per row (``axis=1``, optionally ``group_size`` features per scale).
+    per row (``axis=1``, optionally ``group_size`` features per scale). Free-standing
+    ``nnx.Param`` arrays (>= 2-D, outside Linear/Embed layers, e.g. ``pos``) are matched only
+    by RTN rules whose ``targets`` include ``"param"`` and become :class:`QuantizedTensor`
+    (scales shared along the last axis, optionally in groups of ``group_size``).
 
     Args:
         model: a Flax NNX module (not modified; the result shares unmatched layers' arrays).
@@ -361,12 +445,19 @@ def quantize_model(
         raise ValueError("`calibration_data` must be a mapping {path: inputs} or a callable model -> mapping.")
     new = nnx.clone(model)
     for path, emb in _linear_layers(new, (nnx.Embed,)):
-        r = _match(rules, _path_str(path), embed=True)
+        r = _match(rules, _path_str(path), "embed")
         if r is not None and r.weight_fmt is not None:
             table = emb.embedding[...]
             qt = quantize(table, get_qformat(r.weight_fmt, "weight_fmt"), axis=1, group_size=r.group_size,
-                          symmetric=r.symmetric, calibration=r.calibration)
+                          symmetric=r.symmetric, calibration=r.calibration, scale_dtype=r.scale_dtype)
             _set_child(new, path, QuantizedEmbed(qt))
+    for mpath, name, mod, var in _free_params(new):
+        r = _match(rules, _path_str(mpath + (name,)), "param")
+        if r is not None and r.weight_fmt is not None:
+            a = var.get_value()
+            qt = quantize(a, get_qformat(r.weight_fmt, "weight_fmt"), axis=a.ndim - 1, group_size=r.group_size,
+                          symmetric=r.symmetric, calibration=r.calibration, scale_dtype=r.scale_dtype)
+            setattr(mod, name, QuantizedTensor(qt))
     todo = []
     for path, lin in _linear_layers(new):
         p = _path_str(path)
@@ -424,8 +515,18 @@ def quant_weight_bytes(model_or_tree: Any) -> int:
 # --------------------------------------------------------------------------------------
 # save / load
 # --------------------------------------------------------------------------------------
-_META = "__jaxeff_quant_meta__"
+_META = "__jaxeff_quant_meta__"  # npz: the JSON metadata blob
 _WEIGHTS = nnx.Any(nnx.Param, QuantizedParam)
+_FORMAT_TAG = "jaxeff.quant"
+_VERSION = 2
+# numpy dtype name <-> safetensors dtype code
+_ST_DTYPES = {
+    "float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16",
+    "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2",
+    "int64": "I64", "int32": "I32", "int16": "I16", "int8": "I8",
+    "uint64": "U64", "uint32": "U32", "uint16": "U16", "uint8": "U8", "bool": "BOOL",
+}
+_ST_NAMES = {v: k for k, v in _ST_DTYPES.items()}
 
 
 def _layer_meta(m: nnx.Module) -> dict:
@@ -436,93 +537,326 @@ def _layer_meta(m: nnx.Module) -> dict:
                 dtype=m.dtype, act_fmt=m.act_fmt, act_calibration=m.act_calibration)
 
 
-def _flat_arrays(model: nnx.Module) -> dict[str, jax.Array]:
-    state = nnx.state(model, _WEIGHTS)
-    out = {}
-    for path, leaf in jax.tree_util.tree_flatten_with_path(nnx.to_pure_dict(state))[0]:
-        out["/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)] = leaf
-    return out
+def _key_str(k) -> str:
+    for attr in ("key", "idx", "name"):
+        if hasattr(k, attr):
+            return str(getattr(k, attr))
+    return str(k)
 
 
-def save_quantized(path: str | os.PathLike, model: nnx.Module) -> None:
-    """Save a (quantized) NNX model's parameters and quantized buffers to a ``.npz`` file.
+def _qarray_meta(qa) -> dict:
+    base = qa.qweight if isinstance(qa, ScaledQArray) else qa
+    meta = dict(fmt=base.fmt.name, shape=list(base.shape), axis=list(base.axis), group_size=base.group_size,
+                dtype=base.dtype, zero_point=base.zero_point is not None)
+    if isinstance(qa, ScaledQArray):
+        meta.update(scaled=True, act_fmt=qa.act_fmt)
+    return meta
 
-    Stores every ``nnx.Param`` / :class:`QuantizedParam` array bit-exactly (fp8 arrays as
-    their uint8 bit patterns) plus JSON metadata describing each :class:`QuantizedLinear`
-    (format, shape, groups, activation format), so :func:`load_quantized` can rebuild the
-    quantized layers on top of a float model skeleton.
 
-    Example:
-        >>> save_quantized("/tmp/m.npz", qmodel)   # doctest: +SKIP
-        >>> qmodel2 = load_quantized("/tmp/m.npz", float_model_skeleton)   # doctest: +SKIP
-    """
+def _emit_qarray(arrays: dict, key: str, qa) -> None:
+    base = qa.qweight if isinstance(qa, ScaledQArray) else qa
+    arrays[key + ".qvalue"] = base.qvalue
+    arrays[key + ".scale"] = base.scale
+    if base.zero_point is not None:
+        arrays[key + ".zero_point"] = base.zero_point
+    if isinstance(qa, ScaledQArray):
+        arrays[key + ".input_scale"] = qa.input_scale
+
+
+def _check_tensor(arrays: dict, key: str, shape, dtypes) -> np.ndarray:
+    if key not in arrays:
+        raise ValueError(f"the file has no tensor {key!r} (corrupt file or a different model).")
+    a = arrays[key]
+    if tuple(a.shape) != tuple(shape) or a.dtype.name not in dtypes:
+        raise ValueError(
+            f"tensor {key!r} in the file has shape {tuple(a.shape)} dtype {a.dtype.name}, expected shape "
+            f"{tuple(shape)} and dtype in {sorted(dtypes)} (corrupt or mismatched file)."
+        )
+    return a
+
+
+def _read_qarray(arrays: dict, key: str, meta: dict, used: set):
+    """Rebuild (and validate) the QArray / ScaledQArray stored under ``key``."""
+    try:
+        fmt = get_qformat(meta["fmt"])
+        shape = tuple(int(d) for d in meta["shape"])
+        axis = tuple(int(a) for a in meta["axis"])
+        gs = meta["group_size"]
+        dtype = jnp.dtype(meta["dtype"]).name
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"bad quantization metadata for {key!r} in the file: {e}") from None
+    if any(a < 0 or a >= len(shape) for a in axis) or (gs is not None and (
+            len(axis) != 1 or int(gs) < 1 or shape[axis[0]] % int(gs))):
+        raise ValueError(f"bad quantization metadata for {key!r}: axis {axis} / group_size {gs} for shape {shape}.")
+    gs = None if gs is None else int(gs)
+    if fmt.packed:
+        qshape, qdt = shape[:-1] + (-(-shape[-1] // fmt.values_per_byte),), {"uint8"}
+    else:
+        qshape, qdt = shape, {np.dtype(fmt.dtype).name}
+    sshape = _scale_shape(shape, axis, gs)
+    qv = _check_tensor(arrays, key + ".qvalue", qshape, qdt)
+    sc = _check_tensor(arrays, key + ".scale", sshape, set(SCALE_DTYPES))
+    used.update({key + ".qvalue", key + ".scale"})
+    zp = None
+    if meta.get("zero_point"):
+        zp = _check_tensor(arrays, key + ".zero_point", sshape, {np.dtype(fmt.dtype).name})
+        used.add(key + ".zero_point")
+    qa = QArray(qvalue=jnp.asarray(qv), scale=jnp.asarray(sc), zero_point=None if zp is None else jnp.asarray(zp),
+                fmt=fmt, shape=shape, axis=axis, group_size=gs, dtype=dtype)
+    if meta.get("scaled"):
+        ins = _check_tensor(arrays, key + ".input_scale", (shape[0],), {"float32", "bfloat16", "float16"})
+        used.add(key + ".input_scale")
+        act = meta.get("act_fmt")
+        return ScaledQArray(qweight=qa, input_scale=jnp.asarray(ins),
+                            act_fmt=None if act is None else get_qformat(act).name)
+    return qa
+
+
+def _walk_tree(tree, prefix=()):
+    """(path tuple, leaf) over nested mappings / lists; QArray, ScaledQArray and arrays are leaves."""
+    if isinstance(tree, (QArray, ScaledQArray)):
+        yield prefix, tree
+    elif isinstance(tree, Mapping):
+        for k, v in tree.items():
+            yield from _walk_tree(v, prefix + (k,))
+    elif isinstance(tree, (list, tuple)):
+        for i, v in enumerate(tree):
+            yield from _walk_tree(v, prefix + (i,))
+    else:
+        yield prefix, tree
+
+
+def _encode_model(model: nnx.Module):
     layers = {_path_str(p): _layer_meta(m) for p, m in nnx.iter_modules(model)
               if isinstance(m, (QuantizedLinear, QuantizedEmbed))}
-    arrays, dtypes = {}, {}
-    for k, v in _flat_arrays(model).items():
-        a = np.asarray(v)
-        dtypes[k] = a.dtype.name
-        if a.dtype.itemsize == 1 and a.dtype.kind not in "iub":
-            a = a.view(np.uint8)
-        arrays[k] = a
-    meta = json.dumps({"layers": layers, "dtypes": dtypes, "version": 1})
-    with open(path, "wb") as fh:
-        np.savez(fh, **{_META: np.frombuffer(meta.encode(), np.uint8)}, **arrays)
+    arrays, tensors = {}, {}
+    for path, leaf in _walk_tree(nnx.to_pure_dict(nnx.state(model, _WEIGHTS))):
+        key = ".".join(_key_str(k) for k in path)
+        if isinstance(leaf, (QArray, ScaledQArray)):
+            tensors[key] = _qarray_meta(leaf)
+            _emit_qarray(arrays, key, leaf)
+        elif leaf is not None:
+            arrays[key] = leaf
+    return arrays, dict(kind="nnx", layers=layers, tensors=tensors)
 
 
-def load_quantized(path: str | os.PathLike, model: nnx.Module) -> nnx.Module:
-    """Load what :func:`save_quantized` wrote into a copy of ``model``.
+def _encode_tree(tree) -> tuple[dict, dict]:
+    if not isinstance(tree, Mapping):
+        raise ValueError(f"`model` must be an nnx.Module or a nested dict of arrays/QArrays, got {type(tree).__name__}.")
+    arrays, qarrays = {}, {}
+    for path, leaf in _walk_tree(tree):
+        if not path or not all(isinstance(k, str) and k and "." not in k for k in path):
+            raise ValueError(f"`model` tree keys must be non-empty strings without '.', got path {path!r}.")
+        key = ".".join(path)
+        if isinstance(leaf, (QArray, ScaledQArray)):
+            qarrays[key] = _qarray_meta(leaf)
+            _emit_qarray(arrays, key, leaf)
+        elif hasattr(leaf, "dtype") and hasattr(leaf, "shape"):
+            arrays[key] = leaf
+        else:
+            raise ValueError(f"`model` leaf {key!r} is not an array or QArray ({type(leaf).__name__}).")
+    return arrays, dict(kind="tree", qarrays=qarrays)
+
+
+def save_quantized(path: str | os.PathLike, model: nnx.Module | Mapping[str, Any], *,
+                   file_format: str | None = None) -> None:
+    """Save a quantized NNX model (or a pytree of QArrays, e.g. Linen params) bit-exactly.
+
+    The default container is **safetensors**: every ``nnx.Param`` / :class:`QuantizedParam`
+    array (or tree leaf) is a tensor named by its dotted path, and each quantized array
+    contributes ``<path>.qvalue`` (packed uint8 for int2-4/nf4, int8/uint8, or F8_E4M3 /
+    F8_E5M2 for fp8), ``<path>.scale`` (F32, BF16 or F16), optionally ``<path>.zero_point`` and
+    ``<path>.input_scale`` (AWQ/SmoothQuant). The header metadata holds ``format =
+    "jaxeff.quant"``, ``version`` and a JSON ``jaxeff`` entry with each quantized array's
+    format, logical shape, axis, group size and dtype (and, for models, each quantized
+    layer's activation format), so any safetensors reader sees plain tensors.
 
     Args:
-        path: the ``.npz`` file.
-        model: a model of the same architecture: the float model (its layers named in the
-            file are replaced by :class:`QuantizedLinear`) or a quantized one.
+        path: output file.
+        model: an ``nnx.Module`` (typically from :func:`quantize_model`) or a nested dict
+            whose leaves are arrays, :class:`QArray` or :class:`ScaledQArray` (e.g. from
+            :func:`quantize_params`; keys must be strings without ".").
+        file_format: "safetensors" (default) or "npz" (the same tensors and metadata in a
+            numpy ``.npz``, fp8/bf16 stored as raw bits); None picks "npz" for a ``.npz``
+            path and safetensors otherwise.
+
+    Example:
+        >>> save_quantized("/tmp/m.safetensors", qmodel)   # doctest: +SKIP
+        >>> qmodel2 = load_quantized("/tmp/m.safetensors", float_model_skeleton)   # doctest: +SKIP
+    """
+    if file_format is None:
+        file_format = "npz" if str(path).endswith(".npz") else "safetensors"
+    check_choice("file_format", file_format, ("safetensors", "npz"))
+    arrays, meta = _encode_model(model) if isinstance(model, nnx.Module) else _encode_tree(model)
+    meta["version"] = _VERSION
+    np_arrays = {}
+    for k, v in arrays.items():
+        a = np.asarray(jax.device_get(v))
+        if a.dtype.name not in _ST_DTYPES:
+            raise ValueError(f"`model` array {k!r} has dtype {a.dtype}, which cannot be saved.")
+        np_arrays[k] = np.ascontiguousarray(a)
+    if file_format == "npz":
+        meta["dtypes"] = {k: a.dtype.name for k, a in np_arrays.items()}
+        raw = {k: (a.view(np.uint8) if a.dtype.itemsize == 1 and a.dtype.kind not in "iub" else
+                   a.view(np.uint16) if a.dtype.name == "bfloat16" else a) for k, a in np_arrays.items()}
+        blob = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+        with open(path, "wb") as fh:
+            np.savez(fh, **{_META: blob}, **raw)
+        return
+    import safetensors.numpy
+
+    header = {"format": _FORMAT_TAG, "version": str(_VERSION), "jaxeff": json.dumps(meta)}
+    safetensors.numpy.save_file(np_arrays, str(path), metadata=header)
+
+
+def _read_file(path) -> tuple[dict, dict]:
+    """(arrays by name, metadata dict) of a file written by :func:`save_quantized`."""
+    p = str(path)
+    if not os.path.isfile(p):
+        raise ValueError(f"`path` {p!r} is not a file.")
+    with open(p, "rb") as fh:
+        data = fh.read()
+    if data[:2] == b"PK":  # npz (zip)
+        try:
+            with np.load(p) as f:
+                if _META not in f:
+                    raise ValueError(f"`path` {p!r} is not a file written by save_quantized (no metadata).")
+                meta = json.loads(bytes(f[_META]).decode())
+                raw = {k: f[k] for k in f.files if k != _META}
+        except ValueError:
+            raise
+        except Exception as e:  # zipfile / pickle errors of a corrupt file
+            raise ValueError(f"`path` {p!r} is not a readable .npz file: {e}") from None
+        if meta.get("version") != _VERSION:
+            raise ValueError(f"`path` {p!r} was written by an older jaxeff (version {meta.get('version')}); re-save it.")
+        arrays = {}
+        for k, a in raw.items():
+            name = meta.get("dtypes", {}).get(k)
+            if name is None:
+                raise ValueError(f"`path` {p!r}: tensor {k!r} has no dtype in the metadata (corrupt file).")
+            arrays[k] = a.view(jnp.dtype(name)) if a.dtype != jnp.dtype(name) else a
+        return arrays, meta
+    import safetensors
+
+    try:
+        with safetensors.safe_open(p, framework="np") as f:
+            header = f.metadata() or {}
+        entries = safetensors.deserialize(data)
+    except Exception as e:  # SafetensorError and friends: truncated / corrupt header or data
+        raise ValueError(f"`path` {p!r} is not a valid safetensors file: {e}") from None
+    if header.get("format") != _FORMAT_TAG or "jaxeff" not in header:
+        raise ValueError(f"`path` {p!r} is a safetensors file but was not written by save_quantized "
+                         f"(no '{_FORMAT_TAG}' metadata).")
+    try:
+        meta = json.loads(header["jaxeff"])
+    except json.JSONDecodeError as e:
+        raise ValueError(f"`path` {p!r} has corrupt jaxeff metadata: {e}") from None
+    if meta.get("version") != _VERSION:
+        raise ValueError(f"`path` {p!r} has unsupported jaxeff metadata version {meta.get('version')!r}.")
+    arrays = {}
+    for name, info in entries:
+        code = info["dtype"]
+        if code not in _ST_NAMES:
+            raise ValueError(f"`path` {p!r}: tensor {name!r} has unsupported dtype {code}.")
+        dt = jnp.dtype(_ST_NAMES[code])
+        arrays[name] = np.frombuffer(bytes(info["data"]), dtype=dt).reshape(info["shape"])
+    return arrays, meta
+
+
+def load_quantized(path: str | os.PathLike, model: nnx.Module | None = None):
+    """Load what :func:`save_quantized` wrote (safetensors or npz), bit-exactly.
+
+    Args:
+        path: the file.
+        model: for a saved NNX model, a model of the same architecture: the float model (its
+            layers and parameters named in the file are replaced by :class:`QuantizedLinear`,
+            :class:`QuantizedEmbed` and :class:`QuantizedTensor`) or a quantized one; not
+            modified. For a saved tree, leave it None.
 
     Returns:
-        The quantized model with the saved arrays (bit-exact).
+        The quantized model (a new one), or the nested dict of arrays and QArrays.
+
+    Raises:
+        ValueError: if the file is not a valid file written by :func:`save_quantized`
+            (truncated, corrupt, other metadata), or if ``model`` does not fit it (missing
+            layers, other shapes or dtypes, tensors the model has no place for).
     """
-    with np.load(path) as f:
-        if _META not in f:
-            raise ValueError(f"`path` {str(path)!r} is not a file written by save_quantized.")
-        meta = json.loads(bytes(f[_META]).decode())
-        arrays = {k: f[k] for k in f.files if k != _META}
-    for k, name in meta["dtypes"].items():
-        arrays[k] = arrays[k].view(jnp.dtype(name))
+    arrays, meta = _read_file(path)
+    used: set[str] = set()
+    if meta.get("kind") == "tree":
+        if model is not None:
+            raise ValueError("`model` must be None for a file that holds a saved tree (not an NNX model).")
+        out: dict = {}
+        qmeta = meta.get("qarrays", {})
+        items = [(k, _read_qarray(arrays, k, m, used)) for k, m in qmeta.items()]
+        items += [(k, jnp.asarray(a)) for k, a in arrays.items() if k not in used and not any(
+            k.startswith(q + ".") for q in qmeta)]
+        for k, v in items:
+            node = out
+            parts = k.split(".")
+            for part in parts[:-1]:
+                node = node.setdefault(part, {})
+            node[parts[-1]] = v
+        return out
+    if meta.get("kind") != "nnx":
+        raise ValueError(f"`path` {str(path)!r} has unknown content kind {meta.get('kind')!r}.")
+    if not isinstance(model, nnx.Module):
+        raise ValueError("`model` must be an nnx.Module of the saved architecture for a saved NNX model.")
     new = nnx.clone(model)
     mods = dict((_path_str(p), (p, m)) for p, m in nnx.iter_modules(new) if p)
     for lp, lm in meta["layers"].items():
         if lp not in mods:
             raise ValueError(f"`model` has no layer {lp!r} that the file quantizes.")
-        pfx = lp.replace(".", "/") + "/"
-        fmt = get_qformat(lm["fmt"])
-        zp = arrays.get(pfx + "zero_point")
-        qa = QArray(qvalue=jnp.asarray(arrays[pfx + "qvalue"]), scale=jnp.asarray(arrays[pfx + "scale"]),
-                    zero_point=None if zp is None else jnp.asarray(zp), fmt=fmt, shape=tuple(lm["shape"]),
-                    axis=tuple(lm["axis"]), group_size=lm["group_size"], dtype=lm["dtype"])
+        try:
+            qmeta = dict(fmt=lm["fmt"], shape=lm["shape"], axis=lm["axis"], group_size=lm["group_size"],
+                         dtype=lm["dtype"], zero_point=lp + ".zero_point" in arrays,
+                         scaled=lp + ".input_scale" in arrays, act_fmt=lm.get("act_fmt"))
+        except KeyError as e:
+            raise ValueError(f"bad layer metadata for {lp!r} in the file: missing {e}") from None
+        qa = _read_qarray(arrays, lp, qmeta, used)
         if lm.get("kind") == "embed":
             _set_child(new, mods[lp][0], QuantizedEmbed(qa))
             continue
-        if pfx + "input_scale" in arrays:
-            qa = ScaledQArray(qweight=qa, input_scale=jnp.asarray(arrays[pfx + "input_scale"]), act_fmt=lm["act_fmt"])
-        bias = arrays.get(pfx + "bias")
+        bias = arrays.get(lp + ".bias")
+        if bias is not None:
+            used.add(lp + ".bias")
         _set_child(new, mods[lp][0], QuantizedLinear(qa, None if bias is None else jnp.asarray(bias),
-                                                    act_fmt=lm["act_fmt"],
-                                                    act_calibration=lm["act_calibration"]))
+                                                    act_fmt=lm.get("act_fmt"),
+                                                    act_calibration=lm.get("act_calibration", "absmax")))
+    # free-standing quantized tensors (QuantizedTensor)
+    for tp, tm in meta.get("tensors", {}).items():
+        mpath, _, name = tp.rpartition(".")
+        owner = new if not mpath else mods.get(mpath, (None, None))[1]
+        if owner is None or not hasattr(owner, name):
+            raise ValueError(f"`model` has no parameter {tp!r} that the file quantizes.")
+        qa = _read_qarray(arrays, tp, tm, used)
+        setattr(owner, name, QuantizedTensor(qa))
     state = nnx.state(new, _WEIGHTS)
     pure = nnx.to_pure_dict(state)
-    leaves, treedef = jax.tree_util.tree_flatten_with_path(pure)
-    vals = []
-    for p, leaf in leaves:
-        k = "/".join(str(getattr(q, "key", getattr(q, "idx", q))) for q in p)
-        if k not in arrays:
-            raise ValueError(f"the file has no array {k!r} required by `model`.")
-        a = arrays[k]
-        if tuple(a.shape) != tuple(np.shape(leaf)) or np.dtype(a.dtype) != np.dtype(leaf.dtype):
-            raise ValueError(
-                f"array {k!r} in the file has shape {a.shape} dtype {a.dtype}, `model` expects "
-                f"{tuple(np.shape(leaf))} {np.dtype(leaf.dtype)}."
-            )
-        vals.append(jnp.asarray(a))
-    nnx.replace_by_pure_dict(state, jax.tree_util.tree_unflatten(treedef, vals))
+
+    def fill(path, leaf):
+        key = ".".join(_key_str(k) for k in path)
+        if isinstance(leaf, (QArray, ScaledQArray)):
+            return leaf  # QuantizedTensor already read from the file above
+        if key in used:  # arrays of the quantized layers (read above, same values)
+            return jnp.asarray(arrays[key])
+        a = _check_tensor(arrays, key, np.shape(leaf), {np.dtype(leaf.dtype).name})
+        used.add(key)
+        return jnp.asarray(a)
+
+    leaves = list(_walk_tree(pure))
+    filled = {tuple(p): fill(p, v) for p, v in leaves if v is not None}
+
+    def rebuild(tree, prefix=()):
+        if isinstance(tree, (QArray, ScaledQArray)):
+            return filled[prefix]
+        if isinstance(tree, Mapping):
+            return {k: rebuild(v, prefix + (k,)) for k, v in tree.items()}
+        return filled.get(prefix, tree)
+
+    extra = sorted(set(arrays) - used)
+    if extra:
+        raise ValueError(f"the file has tensors that `model` has no place for: {extra[:5]} (mismatched model).")
+    nnx.replace_by_pure_dict(state, rebuild(pure))
     nnx.update(new, state)
     return new

@@ -49,6 +49,7 @@ from jaxeff.quant.qarray import (
     ScaledQArray,
     _calibrate,
     _quant_dequant,
+    _scale_dtype_name,
     quantize,
 )
 
@@ -168,28 +169,27 @@ def _fmt_and_checks(w, fmt, symmetric, calibration, group_size):
     _check_w(w)
     f = get_qformat(fmt)
     if not f.is_int and not symmetric:
-        raise ValueError(f"`symmetric` must be True for the floating format {f.name!r}.")
+        raise ValueError(f"`symmetric` must be True for the {f.kind} format {f.name!r}.")
     check_choice("calibration", calibration, CALIBRATIONS)
     gs = _check_group(w.shape[0], group_size)
     return f, gs
 
 
-def _row_calib(rows, fmt, symmetric, calibration, percentile, mse_grid):
+def _row_calib(rows, fmt, symmetric, calibration, percentile, mse_grid, scale_dtype="float32"):
     """Scales (zero points) per output column from a block of input rows ``[k, out]``."""
-    return _calibrate(rows.T, fmt, symmetric, calibration, percentile, mse_grid)
+    return _calibrate(rows.T, fmt, symmetric, calibration, percentile, mse_grid, scale_dtype)
 
 
-def _group_scales(w, fmt, gs, symmetric, calibration, percentile, mse_grid):
+def _group_scales(w, fmt, gs, symmetric, calibration, percentile, mse_grid, scale_dtype="float32"):
     n, m = w.shape
     g = gs or n
-    return jax.vmap(lambda r: _row_calib(r, fmt, symmetric, calibration, percentile, mse_grid))(
-        w.reshape(n // g, g, m)
-    )
+    return jax.vmap(lambda r: _row_calib(r, fmt, symmetric, calibration, percentile, mse_grid,
+                                         scale_dtype))(w.reshape(n // g, g, m))
 
 
-def _to_qarray(w_hat, fmt, gs, scales, zps, dtype) -> QArray:
+def _to_qarray(w_hat, fmt, gs, scales, zps, dtype, scale_dtype="float32") -> QArray:
     qa = quantize(w_hat.astype(jnp.float32), fmt, axis=0, group_size=gs, scale=scales,
-                  zero_point=zps)
+                  zero_point=zps, scale_dtype=scale_dtype)
     return QArray(qvalue=qa.qvalue, scale=qa.scale, zero_point=qa.zero_point, fmt=qa.fmt,
                   shape=qa.shape, axis=qa.axis, group_size=qa.group_size,
                   dtype=jnp.dtype(dtype).name)
@@ -207,6 +207,7 @@ def rtn(
     calibration: str = "absmax",
     percentile: float = 99.9,
     mse_grid: int = 32,
+    scale_dtype: Any = None,
 ) -> QArray:
     """Round-to-nearest weight quantization, one scale per output column (per group).
 
@@ -221,7 +222,8 @@ def rtn(
     """
     _fmt_and_checks(w, fmt, symmetric, calibration, group_size)
     return quantize(w, fmt, axis=0, group_size=group_size, symmetric=symmetric,
-                    calibration=calibration, percentile=percentile, mse_grid=mse_grid)
+                    calibration=calibration, percentile=percentile, mse_grid=mse_grid,
+                    scale_dtype=scale_dtype)
 
 
 # --------------------------------------------------------------------------------------
@@ -230,10 +232,10 @@ def rtn(
 @functools.partial(
     jax.jit,
     static_argnames=("fmt", "gs", "block_size", "act_order", "symmetric", "calibration",
-                     "percentile", "mse_grid"),
+                     "percentile", "mse_grid", "scale_dtype"),
 )
 def _gptq_impl(w, h, damp, *, fmt: QFormat, gs, block_size, act_order, symmetric, calibration,
-               percentile, mse_grid):
+               percentile, mse_grid, scale_dtype):
     n, m = w.shape
     dt = h.dtype
     w = w.astype(dt)
@@ -244,9 +246,10 @@ def _gptq_impl(w, h, damp, *, fmt: QFormat, gs, block_size, act_order, symmetric
     ng = n // g
     static = gs is None or act_order
     calib = functools.partial(_row_calib, fmt=fmt, symmetric=symmetric, calibration=calibration,
-                              percentile=percentile, mse_grid=mse_grid)
+                              percentile=percentile, mse_grid=mse_grid, scale_dtype=scale_dtype)
     if static:
-        s_all, z_all = _group_scales(w, fmt, g, symmetric, calibration, percentile, mse_grid)
+        s_all, z_all = _group_scales(w, fmt, g, symmetric, calibration, percentile, mse_grid,
+                                     scale_dtype)
     else:
         s_all = jnp.ones((ng, m), dt)
         z_all = None if (symmetric or not fmt.is_int) else jnp.zeros((ng, m), dt)
@@ -311,6 +314,7 @@ def gptq(
     is_hessian: bool | None = None,
     percentile: float = 99.9,
     mse_grid: int = 32,
+    scale_dtype: Any = None,
 ) -> QArray:
     """GPTQ: quantize input rows in order, compensating each error on the remaining rows.
 
@@ -339,6 +343,8 @@ def gptq(
         block_size: rows per lazy-update block.
         act_order: process rows by decreasing ``H_ii``.
         symmetric, calibration: how scales are chosen (see :func:`quantize`).
+        scale_dtype: dtype the scales are stored in (float32, bfloat16, float16); the
+            algorithm runs on the grid of the stored (rounded-up) scales.
 
     Returns:
         :class:`QArray` of shape ``[in, out]`` with ``axis=(0,)``.
@@ -355,6 +361,7 @@ def gptq(
         Pre-trained Transformers", arXiv:2210.17323.
     """
     f, gs = _fmt_and_checks(w, fmt, symmetric, calibration, group_size)
+    sd = _scale_dtype_name(scale_dtype)
     check_in_range("damp", damp, 0.0, None)
     if not isinstance(block_size, (int, np.integer)) or block_size < 1:
         raise ValueError(f"`block_size` must be a positive int, got {block_size!r}.")
@@ -366,8 +373,8 @@ def gptq(
     q, s, z = _gptq_impl(jnp.asarray(w), h, jnp.asarray(damp, h.dtype), fmt=f, gs=gs, block_size=bs,
                          act_order=bool(act_order), symmetric=bool(symmetric),
                          calibration=calibration, percentile=float(percentile),
-                         mse_grid=int(mse_grid))
-    return _to_qarray(q, f, gs, s, z, jnp.asarray(w).dtype)
+                         mse_grid=int(mse_grid), scale_dtype=sd)
+    return _to_qarray(q, f, gs, s, z, jnp.asarray(w).dtype, sd)
 
 
 # --------------------------------------------------------------------------------------
@@ -427,6 +434,7 @@ def quantease(
     is_hessian: bool | None = None,
     percentile: float = 99.9,
     mse_grid: int = 32,
+    scale_dtype: Any = None,
 ) -> QArray:
     """QuantEase: cyclic coordinate descent on ``tr((W - Ŵ)^T Σ (W - Ŵ))`` over the grid.
 
@@ -456,6 +464,7 @@ def quantease(
         init: starting point: "w" (Ŵ = W), "rtn", or "gptq".
         relax_every: period of unquantized sweeps, or None.
         damp: relative ridge added to ``Σ``'s diagonal.
+        scale_dtype: dtype the scales are stored in (float32, bfloat16, float16).
 
     Returns:
         :class:`QArray` ``[in, out]``, ``axis=(0,)``.
@@ -478,23 +487,25 @@ def quantease(
     if relax_every is not None and (not isinstance(relax_every, (int, np.integer)) or relax_every < 2):
         raise ValueError(f"`relax_every` must be None or an int >= 2, got {relax_every!r}.")
     check_in_range("damp", damp, 0.0, None)
+    sd = _scale_dtype_name(scale_dtype)
     w = _gather_explicit(jnp.asarray(w))
     h = _gather_explicit(_as_hessian(x_or_hessian, w.shape[0], is_hessian))
     h = h + damp * jnp.mean(jnp.diag(h)) * jnp.eye(h.shape[0], dtype=h.dtype)
     s_all, z_all = _group_scales(w.astype(h.dtype), f, gs, symmetric, calibration, float(percentile),
-                                 int(mse_grid))
+                                 int(mse_grid), sd)
     if init == "w":
         w0 = w
     elif init == "rtn":
-        w0 = quantize(w, f, axis=0, group_size=gs, scale=s_all, zero_point=z_all).dequantize(h.dtype)
+        w0 = quantize(w, f, axis=0, group_size=gs, scale=s_all, zero_point=z_all,
+                      scale_dtype=sd).dequantize(h.dtype)
     else:
         w0 = gptq(w, h, f, gs, symmetric=symmetric, calibration=calibration, is_hessian=True,
-                  percentile=percentile, mse_grid=mse_grid)
-        s_all, z_all = w0.scale, w0.zero_point
+                  percentile=percentile, mse_grid=mse_grid, scale_dtype=sd)
+        s_all, z_all = w0.scale.astype(jnp.float32), w0.zero_point
         w0 = w0.dequantize(h.dtype)
     what = _quantease_impl(w, h, w0, s_all, z_all, fmt=f, gs=gs, num_iters=int(num_iters),
                            relax_every=None if relax_every is None else int(relax_every))
-    return _to_qarray(what, f, gs, s_all, z_all, w.dtype)
+    return _to_qarray(what, f, gs, s_all, z_all, w.dtype, sd)
 
 
 # --------------------------------------------------------------------------------------
@@ -511,6 +522,7 @@ def awq(
     calibration: str = "absmax",
     percentile: float = 99.9,
     mse_grid: int = 32,
+    scale_dtype: Any = None,
 ) -> ScaledQArray:
     """AWQ: activation-aware per-input-channel scaling before weight-only quantization.
 
@@ -525,6 +537,8 @@ def awq(
         w: kernel ``[in, out]``; x: calibration inputs ``[..., in]``.
         fmt, group_size, symmetric, calibration: the weight quantizer (see :func:`rtn`).
         n_grid: number of ``alpha`` values searched.
+        scale_dtype: dtype of the weight quantizer's scales (the per-input-channel
+            ``input_scale`` stays float32).
 
     Returns:
         :class:`ScaledQArray` (``input_scale = s``, weight-only).
@@ -540,6 +554,7 @@ def awq(
         Acceleration", arXiv:2306.00978.
     """
     f, gs = _fmt_and_checks(w, fmt, symmetric, calibration, group_size)
+    sd = _scale_dtype_name(scale_dtype)
     if not isinstance(n_grid, (int, np.integer)) or n_grid < 1:
         raise ValueError(f"`n_grid` must be a positive int, got {n_grid!r}.")
     w = _gather_explicit(jnp.asarray(w))
@@ -555,7 +570,8 @@ def awq(
     def err(alpha):
         s = scales(alpha)
         qa = quantize(w * s[:, None], f, axis=0, group_size=gs, symmetric=symmetric,
-                      calibration=calibration, percentile=percentile, mse_grid=mse_grid)
+                      calibration=calibration, percentile=percentile, mse_grid=mse_grid,
+                      scale_dtype=sd)
         d = (w - qa.dequantize(jnp.float32) / s[:, None]).astype(h.dtype)
         return jnp.sum(d * (h @ d))
 
@@ -564,7 +580,7 @@ def awq(
     best = alphas[jnp.argmin(errs)]
     s = scales(best)
     qa = quantize(w * s[:, None], f, axis=0, group_size=gs, symmetric=symmetric,
-                  calibration=calibration, percentile=percentile, mse_grid=mse_grid)
+                  calibration=calibration, percentile=percentile, mse_grid=mse_grid, scale_dtype=sd)
     qa = QArray(qvalue=qa.qvalue, scale=qa.scale, zero_point=qa.zero_point, fmt=qa.fmt, shape=qa.shape,
                 axis=qa.axis, group_size=qa.group_size, dtype=jnp.dtype(w.dtype).name)
     return ScaledQArray(qweight=qa, input_scale=s.astype(jnp.float32), act_fmt=None)
@@ -580,6 +596,7 @@ def smoothquant(
     group_size: int | None = None,
     symmetric: bool = True,
     calibration: str = "absmax",
+    scale_dtype: Any = None,
 ) -> ScaledQArray:
     """SmoothQuant: move activation outliers into the weights, then quantize both (W8A8).
 
@@ -595,6 +612,7 @@ def smoothquant(
         w: kernel ``[in, out]``; x: calibration inputs ``[..., in]``.
         fmt: weight format; act_fmt: activation format (None: weight-only).
         alpha: migration strength in [0, 1].
+        scale_dtype: dtype of the weight quantizer's scales (``input_scale`` stays float32).
 
     Returns:
         :class:`ScaledQArray` with ``act_fmt`` set.
@@ -617,7 +635,8 @@ def smoothquant(
     xmax = jnp.maximum(jnp.max(jnp.abs(x2.astype(jnp.float32)), axis=0), 1e-5)
     wmax = jnp.maximum(jnp.max(jnp.abs(w.astype(jnp.float32)), axis=1), 1e-5)
     s = jnp.maximum(xmax**alpha / wmax ** (1.0 - alpha), 1e-5)
-    qa = quantize(w * s[:, None], f, axis=0, group_size=gs, symmetric=symmetric, calibration=calibration)
+    qa = quantize(w * s[:, None], f, axis=0, group_size=gs, symmetric=symmetric, calibration=calibration,
+                  scale_dtype=scale_dtype)
     qa = QArray(qvalue=qa.qvalue, scale=qa.scale, zero_point=qa.zero_point, fmt=qa.fmt, shape=qa.shape,
                 axis=qa.axis, group_size=qa.group_size, dtype=jnp.dtype(w.dtype).name)
     return ScaledQArray(qweight=qa, input_scale=s.astype(jnp.float32),

@@ -15,7 +15,15 @@ column) and ``group_size`` splits that axis into contiguous groups with a scale 
 Calibration picks the clipping range per group: ``absmax`` (``s = max|x| / q_max``),
 ``minmax`` (asymmetric, ``[min(x,0), max(x,0)]``), ``percentile`` (clip at the ``p``-th
 percentile of ``|x|``) and ``mse`` (grid search of the clip ratio minimizing the squared
-rounding error of the group).
+rounding error of the group). ``scale_dtype`` stores the scales in bfloat16/float16 (half the
+bytes of float32 scales): the calibrated scale is rounded *up* to the nearest value of that
+dtype before the codes are computed, so the range still covers the group and the round-trip
+error stays below half the *stored* scale.
+
+For the codebook format ``nf4`` the scale is the group's absmax and a value ``v = x / s``
+is coded as the index of the nearest entry of :data:`~jaxeff.quant.formats.NF4_CODEBOOK`
+(``x_hat = c_q s``); the round-trip error is at most ``s`` times half the gap between
+the two codebook entries around ``v``.
 
 References:
     Jacob et al., "Quantization and Training of Neural Networks for Efficient
@@ -42,10 +50,64 @@ from jaxeff._core.validation import (
 )
 from jaxeff.quant.formats import FormatLike, QFormat, get_qformat
 
-__all__ = ["QArray", "ScaledQArray", "quantize", "pack_int", "unpack_int", "CALIBRATIONS"]
+__all__ = ["QArray", "ScaledQArray", "quantize", "pack_int", "unpack_int", "CALIBRATIONS",
+           "SCALE_DTYPES"]
 
 CALIBRATIONS = ("absmax", "minmax", "percentile", "mse")
 ROUNDINGS = ("nearest", "stochastic")
+SCALE_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _scale_dtype_name(scale_dtype: Any) -> str:
+    """Normalize and check a ``scale_dtype`` argument (None -> "float32")."""
+    if scale_dtype is None:
+        return "float32"
+    try:
+        name = jnp.dtype(scale_dtype).name
+    except TypeError:
+        name = None
+    if name not in SCALE_DTYPES:
+        raise ValueError(f"`scale_dtype` must be one of {SCALE_DTYPES}, got {scale_dtype!r}.")
+    return name
+
+
+def _round_scale_up(s: jax.Array, scale_dtype: str) -> jax.Array:
+    """``s`` (float32) rounded up to the nearest value representable in ``scale_dtype``.
+
+    Returned as float32 holding values exactly representable in ``scale_dtype`` (idempotent).
+    """
+    s = s.astype(jnp.float32)
+    if scale_dtype == "float32":
+        return s
+    sd = jnp.dtype(scale_dtype)
+    c = s.astype(sd)
+    up = jnp.nextafter(c, jnp.asarray(jnp.inf, sd))
+    return jnp.where(c.astype(jnp.float32) < s, up, c).astype(jnp.float32)
+
+
+def _code_values(codes: jax.Array, fmt: QFormat) -> jax.Array:
+    """Unpacked codes -> the float32 grid values they stand for (before zero point/scale)."""
+    if fmt.is_codebook:
+        return jnp.asarray(fmt.codebook)[codes.astype(jnp.int32)]
+    return codes.astype(jnp.float32)
+
+
+def _codebook_nearest(v: jax.Array, fmt: QFormat) -> jax.Array:
+    """Index (int32) of the codebook entry nearest to ``v`` (ties go to the larger entry)."""
+    cb = jnp.asarray(fmt.codebook)
+    mid = (cb[1:] + cb[:-1]) / 2
+    return jnp.searchsorted(mid, v.astype(jnp.float32).ravel(), side="right").reshape(v.shape).astype(jnp.int32)
+
+
+def _codebook_stochastic(v: jax.Array, fmt: QFormat, key) -> jax.Array:
+    """Unbiased stochastic rounding of ``v`` (inside ``[c_0, c_last]``) to a codebook index."""
+    cb = jnp.asarray(fmt.codebook)
+    n = cb.shape[0]
+    lo = jnp.clip(jnp.searchsorted(cb, v.ravel(), side="right").reshape(v.shape) - 1, 0, n - 2)
+    c_lo, c_hi = cb[lo], cb[lo + 1]
+    p = jnp.clip((v - c_lo) / (c_hi - c_lo), 0.0, 1.0)
+    u = jax.random.uniform(key, v.shape, dtype=jnp.float32)
+    return (lo + (u < p)).astype(jnp.int32)
 
 
 # --------------------------------------------------------------------------------------
@@ -96,7 +158,7 @@ def unpack_int(packed: jax.Array, fmt: FormatLike, n: int) -> jax.Array:
     mask = jnp.uint8((1 << cb) - 1)
     parts = [(packed >> jnp.uint8(i * cb)) & mask for i in range(k)]
     u = jnp.stack(parts, axis=-1).reshape(packed.shape[:-1] + (packed.shape[-1] * k,))[..., :n]
-    if not f.signed:
+    if not f.signed or f.is_codebook:
         return u.astype(jnp.uint8)
     half = 1 << (cb - 1)
     return ((u.astype(jnp.int16) ^ half) - half).astype(jnp.int8)
@@ -108,13 +170,13 @@ def unpack_int(packed: jax.Array, fmt: FormatLike, n: int) -> jax.Array:
 class QArray(eqx.Module):
     """A quantized array: codes + scales (+ zero points) + static format metadata.
 
-    ``dequantize()`` returns ``(q - z) * s`` with the scales repeated over their groups.
-    Formats of <= 4 bits keep ``qvalue`` packed (uint8, several codes per byte, along the
+    ``dequantize()`` returns ``(q - z) * s`` with the scales repeated over their groups
+    (``codebook[q] * s`` for nf4). Formats of <= 4 bits keep ``qvalue`` packed (uint8, several codes per byte, along the
     last axis), so ``nbytes`` really shrinks.
 
     Attributes:
         qvalue: codes: packed uint8, int8/uint8, or an fp8 array.
-        scale: float scales, shape = ``shape`` with each axis in ``axis`` replaced by 1, or
+        scale: scales (float32, or bfloat16/float16 with ``scale_dtype``), shape = ``shape`` with each axis in ``axis`` replaced by 1, or
             by the number of groups when ``group_size`` is set.
         zero_point: integer zero points (same shape as ``scale``) or None (symmetric).
         fmt: the :class:`QFormat`.
@@ -144,7 +206,8 @@ class QArray(eqx.Module):
         return int(sum(np.prod(l.shape) * np.dtype(l.dtype).itemsize for l in leaves))
 
     def codes(self) -> jax.Array:
-        """Unpacked codes (int8/uint8 for integer formats, fp8 for float formats)."""
+        """Unpacked codes (int8/uint8 for integer formats, uint8 indices for nf4, fp8 for float
+        formats)."""
         if self.fmt.packed:
             return unpack_int(self.qvalue, self.fmt, self.shape[-1])
         return self.qvalue
@@ -161,7 +224,7 @@ class QArray(eqx.Module):
     def dequantize(self, dtype: Any = None) -> jax.Array:
         """``(q - z) * s`` in ``dtype`` (default: the dtype of the quantized input)."""
         dtype = jnp.dtype(dtype or self.dtype)
-        q = self.codes().astype(jnp.float32)
+        q = _code_values(self.codes(), self.fmt)
         if self.zero_point is not None:
             q = q - self.full_zero_point().astype(jnp.float32)
         return (q * self.full_scale().astype(jnp.float32)).astype(dtype)
@@ -243,19 +306,23 @@ def _fp8_stochastic(v: jax.Array, dtype, key) -> jax.Array:
     return jnp.where(u < p, other, r)
 
 
-def _grid_from_range(lo, hi, fmt: QFormat, symmetric: bool):
-    """Scale (and zero point) mapping the clip range [lo, hi] onto the format's grid."""
+def _grid_from_range(lo, hi, fmt: QFormat, symmetric: bool, scale_dtype: str = "float32"):
+    """Scale (and zero point) mapping the clip range [lo, hi] onto the format's grid.
+
+    The scale is rounded up to a value representable in ``scale_dtype`` (see
+    :func:`_round_scale_up`) before the zero point is derived from it.
+    """
     tiny = jnp.finfo(jnp.float32).tiny
     if fmt.is_int and not symmetric:
         lo = jnp.minimum(lo, 0.0)
         hi = jnp.maximum(hi, 0.0)
         scale = (hi - lo) / (fmt.qmax - fmt.qmin)
-        scale = jnp.where(scale > tiny, scale, 1.0)
+        scale = _round_scale_up(jnp.where(scale > tiny, scale, 1.0), scale_dtype)
         zp = jnp.clip(jnp.round(fmt.qmin - lo / scale), fmt.qmin, fmt.qmax)
         return scale, zp
     amax = jnp.maximum(jnp.abs(lo), jnp.abs(hi))
     scale = amax / fmt.sym_max
-    scale = jnp.where(scale > tiny, scale, 1.0)
+    scale = _round_scale_up(jnp.where(scale > tiny, scale, 1.0), scale_dtype)
     return scale, None
 
 
@@ -266,11 +333,13 @@ def _quant_dequant(v_over_s: jax.Array, fmt: QFormat, zp) -> jax.Array:
         q = jnp.clip(q, fmt.qmin, fmt.qmax)
         return q - (0.0 if zp is None else zp)
     v = jnp.clip(v_over_s, fmt.qmin, fmt.qmax)
+    if fmt.is_codebook:
+        return jnp.asarray(fmt.codebook)[_codebook_nearest(v, fmt)].astype(v_over_s.dtype)
     return v.astype(fmt.dtype).astype(v_over_s.dtype)
 
 
 def _calibrate(xg: jax.Array, fmt: QFormat, symmetric: bool, calibration: str, percentile: float,
-               mse_grid: int):
+               mse_grid: int, scale_dtype: str = "float32"):
     """Scale (and zero point) per group; ``xg`` has each group on its last axis."""
     xf = xg.astype(jnp.promote_types(xg.dtype, jnp.float32))
     if calibration in ("absmax", "minmax", "mse"):
@@ -286,13 +355,13 @@ def _calibrate(xg: jax.Array, fmt: QFormat, symmetric: bool, calibration: str, p
             lo = jnp.percentile(xf, 100.0 - percentile, axis=-1)
             hi = jnp.percentile(xf, percentile, axis=-1)
     if calibration != "mse":
-        return _grid_from_range(lo, hi, fmt, symmetric)
+        return _grid_from_range(lo, hi, fmt, symmetric, scale_dtype)
 
     # MSE: search the clip ratio r in (0, 1] of the full range per group.
     ratios = jnp.linspace(1.0, 1.0 / mse_grid, mse_grid)
 
     def err_of(r):
-        s, z = _grid_from_range(lo * r, hi * r, fmt, symmetric)
+        s, z = _grid_from_range(lo * r, hi * r, fmt, symmetric, scale_dtype)
         deq = _quant_dequant(xf / s[..., None], fmt, None if z is None else z[..., None]) * s[..., None]
         return jnp.sum((deq - xf) ** 2, axis=-1), s, z
 
@@ -314,7 +383,7 @@ def _validate(x, fmt, axis, group_size, calibration, rounding, key, symmetric, p
     f = get_qformat(fmt)
     check_floating("x", x)
     if not f.is_int and not symmetric:
-        raise ValueError(f"`symmetric` must be True for the floating format {f.name!r}.")
+        raise ValueError(f"`symmetric` must be True for the {f.kind} format {f.name!r}.")
     check_choice("calibration", calibration, CALIBRATIONS)
     check_choice("rounding", rounding, ROUNDINGS)
     if rounding == "stochastic":
@@ -351,6 +420,9 @@ def _quantize_codes(x, fmt: QFormat, scale, zp, axes, group_size, rounding, key)
         q = jnp.clip(_round(v, rounding, key), fmt.qmin, fmt.qmax).astype(fmt.dtype)
         return pack_int(q, fmt) if fmt.packed else q
     v = jnp.clip(v, fmt.qmin, fmt.qmax)
+    if fmt.is_codebook:
+        idx = _codebook_nearest(v, fmt) if rounding == "nearest" else _codebook_stochastic(v, fmt, key)
+        return pack_int(idx.astype(jnp.uint8), fmt)
     if rounding == "stochastic":
         return _fp8_stochastic(v, fmt.dtype, key)
     return v.astype(fmt.dtype)
@@ -370,6 +442,7 @@ def quantize(
     mse_grid: int = 32,
     scale: jax.Array | None = None,
     zero_point: jax.Array | None = None,
+    scale_dtype: Any = None,
 ) -> QArray:
     """Quantize ``x`` to ``fmt`` with scales shared along ``axis`` (groups of ``group_size``).
 
@@ -384,7 +457,8 @@ def quantize(
 
     Args:
         x: float array.
-        fmt: a :class:`QFormat` or name: "int2".."int8", "uint2".."uint8", "e4m3", "e5m2".
+        fmt: a :class:`QFormat` or name: "int2".."int8", "uint2".."uint8", "e4m3", "e5m2",
+            "nf4".
         axis: axis or axes one scale is shared along (None: one scale for the whole tensor).
             A Flax kernel ``[in, out]`` with ``axis=0`` gets one scale per output column.
         group_size: split ``axis`` (a single axis) into contiguous groups with a scale each.
@@ -396,7 +470,11 @@ def quantize(
         key: PRNG key for stochastic rounding.
         percentile: the percentile used by ``calibration="percentile"``.
         mse_grid: number of clip ratios tried by ``calibration="mse"``.
-        scale, zero_point: use these (scale-shaped) instead of calibrating.
+        scale, zero_point: use these (scale-shaped) instead of calibrating (a given scale is
+            rounded up to ``scale_dtype`` too).
+        scale_dtype: dtype the scales are stored in: float32 (default), bfloat16 or float16.
+            Calibrated scales are rounded up to it before coding, so the error bound holds
+            for the stored scale.
 
     Returns:
         A :class:`QArray`; ``.dequantize()`` gives the float approximation.
@@ -412,22 +490,30 @@ def quantize(
     """
     f, axes, group_size = _validate(x, fmt, axis, group_size, calibration, rounding, key,
                                     symmetric, percentile, mse_grid)
+    sd = _scale_dtype_name(scale_dtype)
     x = jnp.asarray(x)
     if scale is None:
         xg = _to_reduce_last(x, axes, group_size)
-        scale, zp = _calibrate(xg, f, symmetric, calibration, float(percentile), int(mse_grid))
+        scale, zp = _calibrate(xg, f, symmetric, calibration, float(percentile), int(mse_grid), sd)
     else:
         want = _scale_shape(x.shape, axes, group_size)
         if tuple(np.shape(scale)) != want:
             raise ValueError(f"`scale` must have shape {want}, got {tuple(np.shape(scale))}.")
-        scale = jnp.asarray(scale, jnp.float32)
+        scale = _round_scale_up(jnp.asarray(scale, jnp.float32), sd)
         zp = None if zero_point is None else jnp.asarray(zero_point)
     if zp is not None and not f.is_int:
         raise ValueError("`zero_point` is only supported for integer formats.")
+    if sd != "float32" and not is_traced(scale):
+        big = float(jnp.max(scale)) if scale.size else 0.0
+        if not np.isfinite(big):
+            raise ValueError(
+                f"`scale_dtype` {sd} cannot hold the scales of `x` (largest scale overflows); use "
+                f"float32 or bfloat16."
+            )
     codes = _quantize_codes(x, f, scale, zp, axes, group_size, rounding, key)
     return QArray(
         qvalue=codes,
-        scale=scale.astype(jnp.float32),
+        scale=scale.astype(sd),
         zero_point=None if zp is None else zp.astype(f.dtype),
         fmt=f,
         shape=tuple(x.shape),
