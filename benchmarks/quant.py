@@ -71,6 +71,11 @@ def _linear_kernel_bytes(model) -> int:
     return total
 
 
+def _float_bytes(model) -> int:
+    """Bytes of the ``nnx.Param`` arrays that stayed float (biases, norms, unmatched tables)."""
+    return quant_weight_bytes(nnx.state(model, nnx.Param))
+
+
 def _cast_bf16(model):
     graphdef, state = nnx.split(model)
     state = jax.tree.map(lambda a: a.astype(jnp.bfloat16) if jnp.issubdtype(a.dtype, jnp.floating) else a, state)
@@ -91,35 +96,48 @@ def run(ctx) -> None:
     base_lin = _linear_kernel_bytes(model)
     base = evaluate_lm(model, val, **ev)
     ctx.record("fp32", metrics=dict(bytes=base_bytes, bytes_ratio=1.0, linear_bytes_ratio=1.0, ppl=base["ppl"],
-                                    ppl_delta_pct=0.0, bpb=base["bpb"]))
+                                    ppl_delta_pct=0.0, bpb=base["bpb"], float_bytes=base_bytes))
 
     def quality(name, qm, seconds=None, note=""):
         r = evaluate_lm(qm, val, **ev)
         b = quant_weight_bytes(qm)
         ctx.record(name, median_s=seconds, note=note, metrics=dict(
             bytes=b, bytes_ratio=b / base_bytes, linear_bytes_ratio=_linear_kernel_bytes(qm) / base_lin,
-            ppl=r["ppl"], ppl_delta_pct=100.0 * (r["ppl"] / base["ppl"] - 1.0), bpb=r["bpb"]))
+            ppl=r["ppl"], ppl_delta_pct=100.0 * (r["ppl"] / base["ppl"] - 1.0), bpb=r["bpb"],
+            float_bytes=_float_bytes(qm)))
 
     bf = _cast_bf16(model)
     quality("bf16", bf, note="all float params cast to bf16 (compute in bf16)")
 
-    emb = lambda fmt, g=None: QuantRule(pattern="embed", weight_fmt=fmt, group_size=g)
+    # Whole-model rules: token embedding and the learned position table are quantized with RTN
+    # (one scale per row / group of a row), every nnx.Linear (incl. the LM head) with the case's
+    # method; LayerNorm scales/biases and Linear biases stay fp32 (counted in `bytes`).
+    bf16s = "bfloat16"
+
+    def tables(fmt, g=None, sd=bf16s):
+        return QuantRule(pattern="embed|pos", weight_fmt=fmt, group_size=g, scale_dtype=sd,
+                         targets=("embed", "param"))
+
+    def lin(fmt, g=None, sd=bf16s, **kw):
+        return QuantRule(weight_fmt=fmt, group_size=g, scale_dtype=sd, **kw)
+
+    qe_kw = {"num_iters": ctx.pick(10, 30), "init": "gptq"}
     cases = [
-        ("int8-per-channel", [emb("int8"), QuantRule(weight_fmt="int8")]),
-        ("fp8-e4m3", [emb("e4m3"), QuantRule(weight_fmt="e4m3")]),
-        ("fp8-e4m3-w8a8", [emb("e4m3"), QuantRule(weight_fmt="e4m3", act_fmt="e4m3")]),
-        ("w8a8-int8", [emb("int8"), QuantRule(weight_fmt="int8", act_fmt="int8")]),
-        ("w8a8-smoothquant", [emb("int8"), QuantRule(weight_fmt="int8", act_fmt="int8", method="smoothquant")]),
-        ("int4-rtn-g128", [emb("int4", gs), QuantRule(weight_fmt="int4", group_size=gs)]),
-        ("int4-gptq-g128", [emb("int4", gs), QuantRule(weight_fmt="int4", group_size=gs, method="gptq",
-                                                        method_kwargs={"act_order": True})]),
-        ("int4-quantease-g128", [emb("int4", gs), QuantRule(weight_fmt="int4", group_size=gs, method="quantease",
-                                                             method_kwargs={"num_iters": ctx.pick(10, 30), "init": "gptq"})]),
-        ("int3-rtn-g128", [emb("int4", gs), QuantRule(weight_fmt="int3", group_size=gs)]),
-        ("int3-gptq-g128", [emb("int4", gs), QuantRule(weight_fmt="int3", group_size=gs, method="gptq",
-                                                        method_kwargs={"act_order": True})]),
-        ("int3-quantease-g128", [emb("int4", gs), QuantRule(weight_fmt="int3", group_size=gs, method="quantease",
-                                                             method_kwargs={"num_iters": ctx.pick(10, 30), "init": "gptq"})]),
+        ("int8-per-channel", [tables("int8"), lin("int8")]),
+        ("fp8-e4m3", [tables("e4m3"), lin("e4m3")]),
+        ("fp8-e4m3-w8a8", [tables("e4m3"), lin("e4m3", act_fmt="e4m3")]),
+        ("w8a8-int8", [tables("int8"), lin("int8", act_fmt="int8")]),
+        ("w8a8-smoothquant", [tables("int8"), lin("int8", act_fmt="int8", method="smoothquant")]),
+        ("int4-rtn-g128", [tables("int4", gs), lin("int4", gs)]),
+        ("int4-gptq-g128", [tables("int4", gs), lin("int4", gs, method="gptq", method_kwargs={"act_order": True})]),
+        ("int4-quantease-g128", [tables("int4", gs), lin("int4", gs, method="quantease", method_kwargs=qe_kw)]),
+        ("int4-gptq-g128-f32scales-tables-fp32",
+         [lin("int4", gs, sd="float32", method="gptq", method_kwargs={"act_order": True})]),
+        ("nf4-rtn-g128", [tables("nf4", gs), lin("nf4", gs)]),
+        ("nf4-gptq-g128", [tables("nf4", gs), lin("nf4", gs, method="gptq", method_kwargs={"act_order": True})]),
+        ("int3-rtn-g128", [tables("int4", gs), lin("int3", gs)]),
+        ("int3-gptq-g128", [tables("int4", gs), lin("int3", gs, method="gptq", method_kwargs={"act_order": True})]),
+        ("int3-quantease-g128", [tables("int4", gs), lin("int3", gs, method="quantease", method_kwargs=qe_kw)]),
     ]
     for name, rules in cases:
         t0 = time.perf_counter()
@@ -147,6 +165,9 @@ def run(ctx) -> None:
                note="int8 weight dequantized in the kernel")
     ctx.timeit("matmul-w4a16", jax.jit(lambda x, q: quantized_matmul(x, q)), x, qw4, baseline="matmul-fp32",
                note="packed int4 weight (group 128) dequantized in the kernel")
+    ctx.timeit("matmul-nf4a16", jax.jit(lambda x, q: quantized_matmul(x, q)), x,
+               quantize(w, "nf4", axis=0, group_size=128), baseline="matmul-fp32",
+               note="packed nf4 weight (group 128) looked up and dequantized in the kernel")
     ctx.timeit("matmul-fp8", jax.jit(lambda a, b: quantized_dot_general(a, b, dn)), quantize(x, "e4m3", axis=1),
                quantize(w, "e4m3", axis=0), baseline="matmul-fp32", note="e4m3 x e4m3 -> f32")
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from jaxeff.quant import QArray, get_qformat, pack_int, quantize, unpack_int
+from jaxeff.quant import NF4_CODEBOOK, SCALE_DTYPES, QArray, gptq, get_qformat, layer_reconstruction_error, pack_int, quantize, rtn, unpack_int
 
 INT_FORMATS = [f"int{b}" for b in range(2, 9)] + [f"uint{b}" for b in range(2, 9)]
 
@@ -66,10 +66,11 @@ def _case(draw):
     return tuple(shape), axis, group
 
 
-@settings(max_examples=10, deadline=None)
+@settings(max_examples=16, deadline=None)
 @given(case=_case(), fmt=st.sampled_from(INT_FORMATS), symmetric=st.booleans(),
-       calibration=st.sampled_from(["absmax", "minmax"]), seed=st.integers(0, 2**16))
-def test_round_trip_error_at_most_half_scale(case, fmt, symmetric, calibration, seed):
+       calibration=st.sampled_from(["absmax", "minmax"]), scale_dtype=st.sampled_from(SCALE_DTYPES),
+       seed=st.integers(0, 2**16))
+def test_round_trip_error_at_most_half_scale(case, fmt, symmetric, calibration, scale_dtype, seed):
     shape, axis, group = case
     f = get_qformat(fmt)
     rng = np.random.default_rng(seed)
@@ -77,10 +78,12 @@ def test_round_trip_error_at_most_half_scale(case, fmt, symmetric, calibration, 
     if not f.signed and symmetric:  # unsigned + symmetric: zero point 0, data must be >= 0
         x = np.abs(x)
     qa = quantize(jnp.asarray(x), f, axis=axis, group_size=group, symmetric=symmetric,
-                  calibration=calibration)
+                  calibration=calibration, scale_dtype=scale_dtype)
     assert qa.shape == shape
+    assert qa.scale.dtype == np.dtype(scale_dtype)
     deq = np.asarray(qa.dequantize())
-    s = np.asarray(qa.full_scale())
+    # the bound holds for the *stored* scale (bf16/fp16 scales are rounded up before coding)
+    s = np.asarray(qa.full_scale()).astype(np.float32)
     assert np.all(np.abs(deq - x) <= s / 2 * (1 + 1e-5) + 1e-30)
     codes = np.asarray(qa.codes()).astype(np.int32)
     assert codes.min() >= f.qmin and codes.max() <= f.qmax
@@ -214,3 +217,107 @@ def test_sharded_quantize_equals_unsharded(mesh8):
     ws2 = jax.device_put(w, jax.NamedSharding(mesh8, jax.P("data", None)))
     c = jax.jit(lambda w: quantize(w, "int8", axis=0))(ws2)
     np.testing.assert_array_equal(np.asarray(c.qvalue), np.asarray(quantize(w, "int8", axis=0).qvalue))
+
+
+# ------------------------------------------------------------------------------------------
+# scale dtype
+# ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("scale_dtype", ["bfloat16", "float16", jnp.bfloat16])
+def test_half_precision_scales_round_up_and_shrink(scale_dtype):
+    x = jax.random.normal(jax.random.key(0), (256, 48)) * 0.05
+    q32 = quantize(x, "int4", axis=0, group_size=128)
+    qh = quantize(x, "int4", axis=0, group_size=128, scale_dtype=scale_dtype)
+    s32, sh = np.asarray(q32.scale), np.asarray(qh.scale).astype(np.float32)
+    # rounded *up* to the nearest representable value: >= the fp32 scale, one ulp at most
+    assert np.all(sh >= s32)
+    ulp = np.abs(np.asarray(jnp.nextafter(qh.scale, jnp.asarray(np.inf, qh.scale.dtype))).astype(np.float32) - sh)
+    assert np.all(sh - s32 < ulp)
+    # so no value is clipped: |x| <= qmax * s everywhere, and the codes use the full range
+    assert np.all(np.abs(np.asarray(x)) <= 7 * np.asarray(qh.full_scale()).astype(np.float32))
+    assert qh.nbytes == 256 * 48 // 2 + 2 * 48 * 2 < q32.nbytes
+
+
+def test_gptq_with_bf16_scales_on_stored_grid_and_beats_rtn():
+    k1, k2 = jax.random.split(jax.random.key(1))
+    w = jax.random.normal(k1, (256, 32)) * 0.1
+    x = jax.random.normal(k2, (512, 256)) * (1 + jnp.arange(256) / 64)
+    q = gptq(w, x, "int4", 128, scale_dtype="bfloat16")
+    assert q.scale.dtype == jnp.bfloat16
+    codes = np.asarray(q.dequantize()) / np.asarray(q.full_scale()).astype(np.float32)
+    np.testing.assert_allclose(codes, np.round(codes), atol=1e-4)  # grid of the stored scales
+    assert np.abs(np.round(codes)).max() <= 8
+    e = lambda qa: float(layer_reconstruction_error(x, w, qa))
+    assert e(q) < e(rtn(w, "int4", group_size=128, scale_dtype="bfloat16"))
+
+
+def test_bad_scale_dtype():
+    with pytest.raises(ValueError, match="scale_dtype"):
+        quantize(jnp.ones((4, 4)), "int8", scale_dtype="int8")
+    with pytest.raises(ValueError, match="scale_dtype"):
+        quantize(jnp.ones((4, 4)), "int8", scale_dtype=jnp.float8_e4m3fn)
+    with pytest.raises(ValueError, match="scale_dtype"):  # 1e7 / 127 overflows float16
+        quantize(jnp.full((4, 4), 1e7), "int8", scale_dtype="float16")
+
+
+# ------------------------------------------------------------------------------------------
+# nf4
+# ------------------------------------------------------------------------------------------
+def test_nf4_codebook_is_the_qlora_construction():
+    from scipy.special import ndtri
+
+    delta = 0.9677083
+    pos = ndtri(np.linspace(delta, 0.5, 9)[:-1])
+    neg = -ndtri(np.linspace(delta, 0.5, 8)[:-1])
+    v = np.sort(np.concatenate([pos, [0.0], neg]))
+    np.testing.assert_allclose(NF4_CODEBOOK, v / v.max(), atol=5e-7)
+    f = get_qformat("nf4")
+    assert f.packed and f.values_per_byte == 2 and (f.qmin, f.qmax) == (-1.0, 1.0)
+
+
+def _nf4_numpy(x, group):
+    """Reference: per-group absmax scale along axis 0, nearest codebook entry by argmin."""
+    n, m = x.shape
+    xg = x.reshape(n // group, group, m)
+    s = np.abs(xg).max(axis=1)  # (n/g, m)
+    v = xg / s[:, None, :]
+    idx = np.argmin(np.abs(v[..., None] - NF4_CODEBOOK), axis=-1).astype(np.uint8).reshape(n, m)
+    return s, idx
+
+
+def test_nf4_matches_numpy_lookup_and_packs_two_per_byte():
+    x = np.random.default_rng(6).normal(size=(64, 10)).astype(np.float32)
+    qa = quantize(jnp.asarray(x), "nf4", axis=0, group_size=16)
+    s, idx = _nf4_numpy(x, 16)
+    np.testing.assert_allclose(np.asarray(qa.scale), s, rtol=0)
+    np.testing.assert_array_equal(np.asarray(qa.codes()), idx)
+    packed = (idx[:, 0::2] & 0xF) | ((idx[:, 1::2] & 0xF) << 4)
+    np.testing.assert_array_equal(np.asarray(qa.qvalue), packed)
+    assert qa.qvalue.nbytes == x.size // 2
+    deq = NF4_CODEBOOK[idx].reshape(4, 16, 10) * s[:, None, :]
+    np.testing.assert_array_equal(np.asarray(qa.dequantize()), deq.reshape(64, 10))
+
+
+@settings(max_examples=10, deadline=None)
+@given(case=_case(), scale_dtype=st.sampled_from(SCALE_DTYPES), seed=st.integers(0, 2**16))
+def test_nf4_round_trip_within_half_codebook_gap(case, scale_dtype, seed):
+    shape, axis, group = case
+    x = np.random.default_rng(seed).standard_t(4, size=shape).astype(np.float32)
+    qa = quantize(jnp.asarray(x), "nf4", axis=axis, group_size=group, scale_dtype=scale_dtype)
+    s = np.asarray(qa.full_scale()).astype(np.float32)
+    v = x / s
+    assert np.all(np.abs(v) <= 1.0)
+    i = np.clip(np.searchsorted(NF4_CODEBOOK, v, side="right") - 1, 0, 14)
+    half_gap = (NF4_CODEBOOK[i + 1] - NF4_CODEBOOK[i]) / 2
+    assert np.all(np.abs(np.asarray(qa.dequantize()) - x) <= s * half_gap * (1 + 1e-5) + 1e-30)
+
+
+def test_nf4_stochastic_unbiased_and_symmetric_only():
+    x = jnp.linspace(-1.0, 1.0, 24)
+    n = 4000
+    keys = jax.random.split(jax.random.key(8), n)
+    deq = jax.jit(jax.vmap(lambda k: quantize(x, "nf4", rounding="stochastic", key=k).dequantize()))(keys)
+    # each sample is one of the two codebook neighbours; the mean is unbiased
+    assert float(jnp.abs(deq.mean(0) - x).max()) < 5 * 0.31 / (2 * np.sqrt(n))
+    assert float(deq.std(0).max()) > 0
+    with pytest.raises(ValueError, match="symmetric"):
+        quantize(x, "nf4", symmetric=False)
