@@ -59,7 +59,8 @@ def test_probabilities_match_dense_definitions(weighted):
         "augmented_sensitivity": _np_lewis(A, 20) + _np_leverage(A) + unif,
     }
     for method, s in ref.items():
-        p = coreset_probabilities(key, X.astype(np.float32), y, method, sketch_size=None, jl_dim=None, **kw)
+        p = coreset_probabilities(key, X.astype(np.float32), y, method, sketch_size=None, jl_dim=None,
+                                  num_iters=20, **kw)
         np.testing.assert_allclose(np.asarray(p), s / s.sum(), rtol=2e-3, err_msg=method)
     # Lewis weights of an ℓ1 basis sum to the rank
     np.testing.assert_allclose(_np_lewis(A, 20).sum(), X.shape[1], rtol=1e-3)
@@ -72,7 +73,7 @@ def test_sketched_leverage_matches_numpy_with_same_randomness():
     sk, jl = 64, 20
     p = coreset_probabilities(key, X, y, "sqrt_leverage", sketch_size=sk, jl_dim=jl)
     k_score, _, _ = jax.random.split(key, 3)
-    rand = S._randomness(k_score, "sqrt_leverage", 600, 5, jnp.float32, {"sketch_size": sk, "jl_dim": jl})
+    rand = S._randomness(k_score, "sqrt_leverage", 600, 5, jnp.float32, {"sketch_size": sk, "jl_dim": jl, "lewis_iters": 1})
     Smat = np.zeros((sk, 600))
     Smat[np.asarray(rand["cs_bucket"]), np.arange(600)] = np.asarray(rand["cs_sign"])
     A = y[:, None] * X.astype(np.float64)
@@ -85,6 +86,41 @@ def test_sketched_leverage_matches_numpy_with_same_randomness():
     ratio = np.asarray(p) / exact
     assert np.median(ratio) == pytest.approx(1.0, abs=0.25)
     assert np.quantile(ratio, 0.05) > 0.3 and np.quantile(ratio, 0.95) < 3.0
+
+
+def test_sketched_lewis_matches_numpy_with_same_randomness():
+    """The sketched Lewis iteration step by step in numpy (dense CountSketch matrix, same hashes)."""
+    n, d, T, sk, jl = 800, 5, 4, 64, 20
+    X, y = _problem(n, d, seed=4)
+    X = X.astype(np.float32)
+    key = jax.random.key(7)
+    p = np.asarray(coreset_probabilities(key, X, y, "lewis_weights", sketch_size=sk, jl_dim=jl, num_iters=T))
+    pa = np.asarray(coreset_probabilities(key, X, y, "augmented_sensitivity", sketch_size=sk, jl_dim=jl,
+                                          num_iters=T))
+    k_score, _, _ = jax.random.split(key, 3)
+    rand = S._randomness(k_score, "lewis_weights", n, d, jnp.float32,
+                         {"sketch_size": sk, "jl_dim": jl, "lewis_iters": T})
+    Smat = np.zeros((sk, n))
+    Smat[np.asarray(rand["cs_bucket"]), np.arange(n)] = np.asarray(rand["cs_sign"])
+    Gs = np.asarray(rand["G_steps"], np.float64)
+    A = y[:, None] * X.astype(np.float64)
+    v = np.ones(n)
+    for t in range(T):
+        R = np.linalg.qr(Smat @ (A / np.sqrt(v)[:, None]), mode="r")
+        q = np.sum((A @ np.linalg.solve(R, Gs[t])) ** 2, 1)
+        if t == 0:
+            lev = q
+        v = np.sqrt(q)
+    s = v + 1.0 / n
+    np.testing.assert_allclose(p, s / s.sum(), rtol=5e-3)
+    s = v + lev + 1.0 / n
+    np.testing.assert_allclose(pa, s / s.sum(), rtol=5e-3)
+    # a constant-factor approximation of the exact Lewis weights
+    exact = np.asarray(coreset_probabilities(key, X, y, "lewis_weights", sketch_size=None, jl_dim=None,
+                                             num_iters=30))
+    r = p / exact
+    assert np.median(r) == pytest.approx(1.0, abs=0.2)
+    assert np.quantile(r, 0.02) > 0.4 and np.quantile(r, 0.98) < 2.5
 
 
 def _cases(default):
