@@ -763,6 +763,20 @@ def _read_file(path) -> tuple[dict, dict]:
     return arrays, meta
 
 
+def _check_layer_fits(m: nnx.Module, lp: str, qa) -> None:
+    """The layer ``m`` of the skeleton model must have the logical kernel/table shape of ``qa``."""
+    if isinstance(m, (QuantizedLinear, QuantizedEmbed)):
+        shape = tuple(m.shape)
+    elif isinstance(m, (nnx.Linear, QATLinear)):
+        shape = tuple(m.kernel.get_value().shape)
+    elif isinstance(m, nnx.Embed):
+        shape = tuple(m.embedding.get_value().shape)
+    else:
+        raise ValueError(f"`model` layer {lp!r} is a {type(m).__name__}, not a Linear/Embed the file quantizes.")
+    if shape != tuple(qa.shape):
+        raise ValueError(f"`model` layer {lp!r} has kernel shape {shape}, the file stores {tuple(qa.shape)}.")
+
+
 def load_quantized(path: str | os.PathLike, model: nnx.Module | None = None):
     """Load what :func:`save_quantized` wrote (safetensors or npz), bit-exactly.
 
@@ -814,6 +828,7 @@ def load_quantized(path: str | os.PathLike, model: nnx.Module | None = None):
         except KeyError as e:
             raise ValueError(f"bad layer metadata for {lp!r} in the file: missing {e}") from None
         qa = _read_qarray(arrays, lp, qmeta, used)
+        _check_layer_fits(mods[lp][1], lp, qa)
         if lm.get("kind") == "embed":
             _set_child(new, mods[lp][0], QuantizedEmbed(qa))
             continue
@@ -830,6 +845,10 @@ def load_quantized(path: str | os.PathLike, model: nnx.Module | None = None):
         if owner is None or not hasattr(owner, name):
             raise ValueError(f"`model` has no parameter {tp!r} that the file quantizes.")
         qa = _read_qarray(arrays, tp, tm, used)
+        cur = getattr(owner, name)
+        cur_shape = tuple(cur.get_value().shape) if isinstance(cur, nnx.Variable) else None
+        if cur_shape != tuple(qa.shape):
+            raise ValueError(f"`model` parameter {tp!r} has shape {cur_shape}, the file stores {tuple(qa.shape)}.")
         setattr(owner, name, QuantizedTensor(qa))
     state = nnx.state(new, _WEIGHTS)
     pure = nnx.to_pure_dict(state)
