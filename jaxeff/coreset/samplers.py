@@ -169,7 +169,9 @@ def _lewis(X, c, axis, rand, opts):
     num_iters, sketch_size = opts["lewis_iters"], opts["sketch_size"]
 
     def q_of(v, t):
-        cv = c * jax.lax.rsqrt(v)
+        # the barrier materialises the n-vector of scales: without it XLA:CPU may fuse the whole
+        # previous step into the scatter-add's operand and recompute it per element
+        cv = jax.lax.optimization_barrier(c * jax.lax.rsqrt(v))
         if sketch_size is None:
             A = c[:, None] * X
             Gm = psum((A / v[:, None]).T @ A, axis)
@@ -185,10 +187,8 @@ def _lewis(X, c, axis, rand, opts):
     lev = q_of(jnp.ones((X.shape[0],), X.dtype), 0)
     v = jnp.sqrt(jnp.maximum(lev, 0.0)) + tiny
 
-    def step(t, v):
-        return jnp.sqrt(jnp.maximum(q_of(v, t), 0.0)) + tiny
-
-    v = jax.lax.fori_loop(1, num_iters, step, v)
+    for t in range(1, num_iters):  # a few steps: unrolled (XLA:CPU runs them faster than a while loop)
+        v = jnp.sqrt(jnp.maximum(q_of(v, t), 0.0)) + tiny
     return v, lev
 
 
