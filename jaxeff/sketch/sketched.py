@@ -25,12 +25,24 @@ References:
 """
 from __future__ import annotations
 
+import functools
+import math
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from jaxeff._core.validation import check_choice, check_key
+from jaxeff._core.validation import check_choice, check_key, check_ndim, is_traced
 from jaxeff.sketch.dictionary import DictionaryLearningResult, dictionary_learning, omp
-from jaxeff.sketch.kmeans import KMeansResult, _check_data, _check_int, kmeans, kmeans_assign, kmeans_cost
+from jaxeff.sketch.kmeans import (
+    KMeansResult,
+    _assign_jit,
+    _check_data,
+    _check_int,
+    _cost_jit,
+    _solve_local,
+    kmeans,
+)
 from jaxeff.sketch.sketches import SKETCH_KINDS, SketchState, make_sketch, sketch_apply
 
 __all__ = [
@@ -110,6 +122,75 @@ def _sketch_subspace(key, A, m, kind, power_iters):
     return Q, B
 
 
+def _check_shape(name: str, A) -> jax.Array:
+    """Shape/dtype checks only; finiteness is checked on the sketch ``S A`` (see below)."""
+    A = jnp.asarray(A)
+    check_ndim(name, A, 2)
+    if not jnp.issubdtype(A.dtype, jnp.floating):
+        A = A.astype(jnp.float32)
+    if A.shape[0] < 1 or A.shape[1] < 1:
+        raise ValueError(f"`{name}` must be non-empty, got shape {A.shape}.")
+    return A
+
+
+def _check_finite_via(A, SA):
+    # Every row of A enters S A with a nonzero weight (CountSketch / sparse JL: ±1 entries;
+    # Gaussian: a.s. nonzero; SRHT: dense Hadamard mixing), so a NaN/inf anywhere in A makes
+    # S A non-finite. Checking the m × d sketch replaces a separate pass over the n × d data;
+    # the full row check (with the count of bad rows) only runs on that failure path.
+    if is_traced(A) or bool(jnp.all(jnp.isfinite(SA))):
+        return
+    _check_data("A", A)  # raises with the number of bad rows
+    raise ValueError("`A` has values too large for float arithmetic: its sketch overflowed.")
+
+
+@functools.partial(
+    jax.jit, static_argnames=("k", "chunk", "init", "n_trials", "n_init", "refine")
+)
+def _kmeans_projected(key, A, Q, tol, max_iter, *, k, chunk, init, n_trials, n_init, refine):
+    """k-means on ``B = A Q``, lift ``C = C_B Qᵀ``, exact labels/cost of every row of ``A``.
+
+    With orthonormal ``Q`` and ``C = C_B Qᵀ`` in ``span(Q)``, ``‖A_i − C_j‖² = (‖A_i‖² − ‖B_i‖²)
+    + ‖B_i − (C_B)_j‖²``: the nearest lifted center of row ``i`` is its nearest center in the
+    projected space, and the cost on ``A`` is the cost on ``B`` plus the residual
+    ``Σᵢ ‖A_i‖² − ‖B_i‖²``. So the final Lloyd pass on ``B`` *is* the exact assignment of all
+    ``n`` rows, and no further ``O(ndk)`` pass over ``A`` is needed.
+    """
+    n = A.shape[0]
+    B = A @ Q
+    keys = jax.random.split(key, n_init)
+    CB, labels, cost_B = _solve_local(
+        keys, B, jnp.zeros((k, B.shape[1]), B.dtype), k=k, chunk=chunk, max_iter=max_iter, tol=tol, init=init,
+        n_trials=n_trials, axis=None, n_glob=n,
+    )
+    C = CB @ Q.T
+    resid = jnp.sum(jnp.maximum(jnp.sum(A * A, axis=1) - jnp.sum(B * B, axis=1), 0.0))
+    cost = cost_B + resid
+    if refine:
+        C, cost = _refine_means(A, C, labels, cost)
+    return C, labels, cost
+
+
+def _refine_means(A, C, labels, cost):
+    """Centers ← means of the rows of ``A`` under ``labels`` (clusters without rows keep ``C``).
+
+    For fixed labels, ``Σ_{i∈j} ‖A_i − c‖² = Σ_{i∈j} ‖A_i − μ_j‖² + n_j ‖μ_j − c‖²``, so the
+    cost with the means is ``cost − Σ_j n_j ‖μ_j − C_j‖²`` (never larger), in one pass over A.
+    """
+    k = C.shape[0]
+    sums = jax.ops.segment_sum(A, labels, k)
+    counts = jax.ops.segment_sum(jnp.ones_like(labels, A.dtype), labels, k)
+    mu = jnp.where(counts[:, None] > 0, sums / jnp.maximum(counts, 1.0)[:, None], C)
+    gain = jnp.sum(counts * jnp.sum((mu - C) ** 2, axis=1))
+    return mu, jnp.maximum(cost - gain, 0.0)
+
+
+@functools.partial(jax.jit, static_argnames=("k",))
+def _refine_jit(A, C, labels, *, k):
+    del k
+    return _refine_means(A, C, labels, _cost_jit(A, C, labels))
+
+
 def sketched_kmeans(
     key: jax.Array,
     A: jax.Array,
@@ -123,8 +204,10 @@ def sketched_kmeans(
     max_iter: int = 300,
     tol: float = 1e-4,
     init: str = "k-means++",
+    n_local_trials: int | None = None,
     chunk_size: int = 4096,
     power_iters: int = 0,
+    refine: bool = False,
 ) -> KMeansResult:
     """Sketch-and-solve k-means: k-means on ``A Q`` with ``Q`` a basis of ``rowspan(S A)``.
 
@@ -136,6 +219,13 @@ def sketched_kmeans(
     With ``m = sketch_size = O(k/ε)`` the cost is ``≤ (1 + ε)`` times optimal (with constant
     probability); assignment through a right sketch of size ``t = O(log(n)/ε²)`` preserves it.
 
+    Exact assignment costs no extra pass over ``A``: the lifted centers lie in ``span(Q)`` and
+    ``Q`` is orthonormal, so ``‖A_i − C_j‖² = ‖A_i‖² − ‖A_i Q‖² + ‖A_i Q − (C_B)_j‖²`` and the
+    last Lloyd pass on ``A Q`` already gives every row's nearest lifted center; the cost on
+    ``A`` is the cost on ``A Q`` plus ``Σ_i ‖A_i‖² − ‖A_i Q‖²`` (computed in the projection
+    pass). The data is read twice in all: once for ``S A``, once for ``A Q`` and the norms.
+    Non-finite values in ``A`` are detected through ``S A`` (every row enters it).
+
     Args:
       key: ``jax.random.key`` (sketches and k-means seeding).
       A: ``(n, d)`` data.
@@ -145,9 +235,18 @@ def sketched_kmeans(
         (``assign_kind``); otherwise exactly.
       kind: left sketch, one of ``"countsketch"``, ``"sparse_jl"``, ``"gaussian"``, ``"srht"``.
       assign_kind: right sketch kind (default Gaussian).
-      n_init, max_iter, tol, init, chunk_size: passed to :func:`kmeans` on ``A Q``.
+      n_init, max_iter, tol, init, n_local_trials, chunk_size: passed to :func:`kmeans` on
+        ``A Q`` (``tol`` is relative to the variance of ``A Q``, as in :func:`kmeans`).
       power_iters: optional subspace iterations ``Q ← orth(Aᵀ A Q)`` (Halko-Martinsson-Tropp,
         arXiv 0909.4061), two more passes over ``A`` each; 0 is the paper's algorithm.
+      refine: when True, the centers are replaced by the means of the rows of ``A`` under the
+        sketched labels (one more pass over ``A``). The partition is still the sketch-and-solve
+        one (labels unchanged: nearest to the lifted centers ``C_B Qᵀ``, or through ``T``);
+        only the centers are the exact least-squares fit ``X⁺ A`` for those labels instead of
+        their restriction to ``rowspan(S A)`` — the unsketched version of the paper's lift
+        ``(S X)⁺ S A`` — so the cost ``Σ_i ‖A_i − C_{ℓ_i}‖²`` can only decrease. The labels are
+        then not re-assigned to the new centers (a :func:`kmeans_assign` pass would lower the
+        cost further, i.e. a full-space Lloyd step). False (default) is the paper's algorithm.
 
     Returns:
       :class:`KMeansResult` with centers in the original space (``k × d``), the label of every
@@ -163,7 +262,7 @@ def sketched_kmeans(
       Dexter et al., arXiv 2310.19068; Cohen et al., arXiv 1410.6801.
     """
     check_key("key", key)
-    A = _check_data("A", A)
+    A = _check_shape("A", A)
     n, d = A.shape
     k = _check_int("k", k)
     if k > n:
@@ -171,17 +270,34 @@ def sketched_kmeans(
     m, t = _check_sizes(n, d, k, sketch_size, assign_sketch_size)
     check_choice("kind", kind, SKETCH_KINDS)
     check_choice("assign_kind", assign_kind, SKETCH_KINDS)
+    check_choice("init", init, ("k-means++", "random"))
     power_iters = _check_int("power_iters", power_iters, low=0)
-    Q, B = _sketch_subspace(key, A, m, kind, power_iters)
-    res = kmeans(jax.random.fold_in(key, 13), B, k, n_init=n_init, max_iter=max_iter, tol=tol, init=init,
-                 chunk_size=chunk_size)
-    C = _lift(res.centers, Q)
-    if t is None:
-        labels, cost = kmeans_assign(A, C, chunk_size=chunk_size)
-    else:
+    n_init = _check_int("n_init", n_init)
+    max_iter = _check_int("max_iter", max_iter)
+    chunk_size = _check_int("chunk_size", chunk_size)
+    if not isinstance(refine, (bool, np.bool_)):
+        raise ValueError(f"`refine` must be a bool, got {refine!r}.")
+    if not is_traced(tol) and not (float(tol) >= 0.0):
+        raise ValueError(f"`tol` must be >= 0, got {tol!r}.")
+    n_trials = (_check_int("n_local_trials", n_local_trials) if n_local_trials is not None
+                else 2 + int(math.log(k)))
+    SA = _left_sketch(key, A, m, kind)
+    _check_finite_via(A, SA)
+    Q = _basis_jit(SA)
+    for _ in range(power_iters):
+        Q, _ = _power_step(A, A @ Q)
+    chunk = min(chunk_size, n)
+    C, labels, cost = _kmeans_projected(
+        jax.random.fold_in(key, 13), A, Q, jnp.asarray(tol, A.dtype), jnp.asarray(max_iter, jnp.int32),
+        k=k, chunk=chunk, init=init, n_trials=n_trials, n_init=n_init, refine=bool(refine) and t is None,
+    )
+    if t is not None:
         T = _right_sketch_op(key, t, d, assign_kind)
-        labels, _ = kmeans_assign(sketch_apply(T, A, "right"), sketch_apply(T, C, "right"), chunk_size=chunk_size)
-        cost = kmeans_cost(A, C, labels)
+        labels, _ = _assign_jit(sketch_apply(T, A, "right"), sketch_apply(T, C, "right"), chunk)
+        if refine:
+            C, cost = _refine_jit(A, C, labels, k=k)
+        else:
+            cost = _cost_jit(A, C, labels)
     return KMeansResult(C, labels, cost)
 
 
