@@ -159,11 +159,27 @@ class _SparseSketch(_Sketch):
         b = X.shape[0]
         idx = jnp.asarray(offset, jnp.int32) + jnp.arange(b, dtype=jnp.int32)
         rows, vals = self.entries(idx)
-        s = rows.shape[1]
-        out = jnp.zeros((self.m, X.shape[1]), X.dtype)
-        for t in range(s):  # s is small and static
-            out = out + jax.ops.segment_sum(X * vals[:, t, None].astype(X.dtype), rows[:, t], self.m)
-        return out
+        return _signed_segment_sum(X, rows, vals, self.m, self._magnitude)
+
+    @property
+    def _magnitude(self) -> float:
+        """The common absolute value of the nonzeros (``vals = ±magnitude``)."""
+        return 1.0
+
+
+def _signed_segment_sum(X, rows, vals, m, magnitude):
+    """``Σ_t segment_sum(X · vals[:, t], rows[:, t], m)`` for ``vals = ±magnitude``.
+
+    Rows go to ``2m`` segments by (target row, sign) and the two halves are subtracted: one
+    scatter of ``X`` per nonzero instead of materializing ``X · vals`` first (on CPU this is
+    several times faster: the scatter reads ``X`` once and writes nothing of size ``n × d``).
+    """
+    out = jnp.zeros((m, X.shape[1]), X.dtype)
+    for t in range(rows.shape[1]):  # s is small and static
+        seg = 2 * rows[:, t] + (vals[:, t] < 0).astype(jnp.int32)
+        o = jax.ops.segment_sum(X, seg, 2 * m).reshape(m, 2, X.shape[1])
+        out = out + (o[:, 0] - o[:, 1])
+    return out if magnitude == 1.0 else out * jnp.asarray(magnitude, X.dtype)
 
 
 class CountSketch(_SparseSketch):
@@ -238,6 +254,10 @@ class SparseJL(_SparseSketch):
         rows = pos + (jnp.arange(self.s, dtype=jnp.int32) * block)[None, :]
         vals = jnp.where((bits[:, self.s :] & 1) == 1, 1.0, -1.0).astype(jnp.float32) / math.sqrt(self.s)
         return rows, vals
+
+    @property
+    def _magnitude(self) -> float:
+        return 1.0 / math.sqrt(self.s)
 
 
 class GaussianSketch(_Sketch):
@@ -622,8 +642,7 @@ def _update_rows_jit(state, rows, X):
     if state.side == "left":
         if isinstance(sk, _SparseSketch):
             r, v = sk.entries(rows)
-            for t in range(r.shape[1]):
-                V = V + jax.ops.segment_sum(X * v[:, t, None].astype(V.dtype), r[:, t], sk.m)
+            V = V + _signed_segment_sum(X, r, v, sk.m, sk._magnitude)
         else:
             V = V + sk.columns(rows).astype(V.dtype) @ X
     else:
