@@ -10,6 +10,7 @@ from jaxeff.sketch import (
     StreamingKMeans,
     dictionary_learning,
     kmeans,
+    kmeans_assign,
     kmeans_cost,
     make_sketch,
     omp,
@@ -97,6 +98,33 @@ def test_sketched_kmeans_ratio_decreases_with_sketch_size():
     # the returned cost is the true cost of the returned solution on A
     res = sketched_kmeans(jax.random.key(0), X, 5, 20)
     assert float(res.cost) == pytest.approx(float(kmeans_cost(X, res.centers, res.labels)), rel=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["countsketch", "gaussian"])
+def test_sketched_kmeans_assignment_is_exact_nearest_lifted_center(kind):
+    # labels/cost come from A·Q (no pass over A); they must equal a direct assignment on A
+    X, _ = _planted_clusters(n=900, d=40, k=4, sep=0.6, seed=2)
+    res = sketched_kmeans(jax.random.key(1), X, 4, 12, kind=kind)
+    labels, cost = kmeans_assign(X, res.centers)
+    assert float(np.mean(np.asarray(labels) == np.asarray(res.labels))) >= 0.999
+    assert float(res.cost) == pytest.approx(float(cost), rel=1e-4)
+    assert float(res.cost) == pytest.approx(float(kmeans_cost(X, res.centers, res.labels)), rel=1e-4)
+
+
+@pytest.mark.parametrize("t", [None, 16])
+def test_sketched_kmeans_refine_means(t):
+    X, _ = _planted_clusters(n=900, d=40, k=4, sep=0.6, seed=3)
+    base = sketched_kmeans(jax.random.key(0), X, 4, 8, assign_sketch_size=t)
+    ref = sketched_kmeans(jax.random.key(0), X, 4, 8, assign_sketch_size=t, refine=True)
+    np.testing.assert_array_equal(np.asarray(ref.labels), np.asarray(base.labels))  # same partition
+    lab = np.asarray(ref.labels)
+    for j in range(4):  # centers are the means of the rows of A in each cluster
+        if np.any(lab == j):
+            np.testing.assert_allclose(np.asarray(ref.centers[j]), X[lab == j].mean(0), atol=1e-4)
+    assert float(ref.cost) == pytest.approx(float(kmeans_cost(X, ref.centers, ref.labels)), rel=1e-4)
+    assert float(ref.cost) <= float(base.cost) * (1 + 1e-6)
+    with pytest.raises(ValueError, match="refine"):
+        sketched_kmeans(jax.random.key(0), X, 4, 8, refine="yes")
 
 
 def test_sketched_kmeans_right_sketch_assignment_improves_with_size():
