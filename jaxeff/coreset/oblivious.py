@@ -101,7 +101,8 @@ def _hashes(key, n, L, N, U, p):
     k1, k2, k3 = jax.random.split(key, 3)
     lev = jax.random.categorical(k1, jnp.log(jnp.asarray(p, jnp.float32)), shape=(n,)).astype(jnp.int32)
     bucket = jax.random.randint(k2, (n,), 0, N, dtype=jnp.int32)
-    uni = jax.random.choice(k3, n, (U,), replace=False).astype(jnp.int32)
+    # U distinct rows, uniformly: the U largest of n i.i.d. uniforms (a top-k, not a full permutation)
+    uni = jax.lax.top_k(jax.random.uniform(k3, (n,)), U)[1].astype(jnp.int32)
     return lev, bucket, uni
 
 
@@ -110,9 +111,11 @@ def _build(n, d, L, N, U, p_items, mesh, axis):
     p = np.asarray(p_items, np.float64)
 
     def local(X, y, lev, bucket):
-        Z = y[:, None] * X
-        S = jax.ops.segment_sum(Z, lev * N + bucket, num_segments=L * N)
-        return psum(S, None if mesh is None else axis)
+        # rows with y = -1 go to a second copy of the buckets, subtracted afterwards: the same
+        # sums of z_i = y_i x_i without materialising D_y X before the scatter-add
+        seg = lev * N + bucket + jnp.where(y < 0, L * N, 0).astype(jnp.int32)
+        S2 = jax.ops.segment_sum(X, seg, num_segments=2 * L * N)
+        return psum(S2[: L * N] - S2[L * N:], None if mesh is None else axis)
 
     def run(key, X, y):
         lev, bucket, uni = _hashes(key, n, L, N, U, p)
