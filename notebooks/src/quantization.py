@@ -207,25 +207,30 @@ print("Linen MLP: relative output error", float(jnp.linalg.norm(yq - yl) / jnp.l
 # %% [markdown]
 # ## 8. Did the claim hold?
 # The cell below checks the claims on the run you just did. What we measured (benchmark suite
-# `quant`, on the "test"-preset teacher: d_model 64, 2 layers, 150 training steps, val ppl 13.85,
-# because the "small" teacher could not be trained on the shared 2-core CPU in time):
+# `quant`, "small" teacher: d_model 128, 3 layers, 700 steps, fp32 val ppl 17.63; whole model
+# quantized incl. embedding and position table, bf16 scales; bytes = everything, incl. the
+# 21 kB of biases/LayerNorms that stay fp32):
 #
-# * int8 per-channel: 0.26x linear-weight bytes (0.29x whole model, positions/norms stay fp32),
-#   ppl +0.02%; fp8 e4m3: same bytes, ppl -0.01%; W8A8 int8: +0.03% -> **held**.
-# * int4 group 64: RTN +0.16%, GPTQ +0.04%, QuantEase (GPTQ init) -0.02% -> error correction
-#   **beats RTN and QuantEase beats GPTQ**, as claimed; int3: RTN +1.16%, GPTQ +0.23%,
-#   QuantEase -0.09%.
-# * Caveat: this teacher is barely trained, so all gaps are small; the ≤0.14x whole-model byte
-#   goal for int4 is not met here (0.18x) because the position table, norms and the per-group
-#   scales of such a small model stay in fp32 (linear kernels alone: 0.14x).
+# * int8 per-channel: 0.259x bytes, ppl +0.005%; fp8 e4m3: +0.19%; W8A8 int8: +0.06% -> **held**
+#   (goal <= 0.26x, <= +0.5%).
+# * int4, linears group 128, tables group 32: 0.1365x bytes; RTN +0.53%, GPTQ +0.05%,
+#   QuantEase (10 sweeps, GPTQ init) +0.14% -> **held** (goal <= 0.14x within +3%, clearly
+#   better than RTN); QuantEase did **not** beat GPTQ at the model level here (it does per
+#   layer on some layers). int3 (4-bit slots): RTN +6.1%, GPTQ +1.1%, QuantEase +0.96%.
+# * What the byte goal needs: with fp32 scales and float tables int4 GPTQ is 0.20x; a 4-bit
+#   embedding with one scale per 128-wide row costs +3-4% ppl, groups of 32 fix that.
 
 # %%
 d = {n: (b, p) for n, b, p in rows}
 pct = lambda n: 100 * (d[n][1] / base["ppl"] - 1)
 print(f"int8: {d['int8 (W8A16)'][0]:.3f}x bytes, ppl {pct('int8 (W8A16)'):+.2f}%  "
-      f"-> {'held' if pct('int8 (W8A16)') <= 0.5 else 'did not hold'} (goal <= +0.5%)")
+      f"-> {'held' if pct('int8 (W8A16)') <= 0.5 and d['int8 (W8A16)'][0] <= 0.26 else 'did not hold'}"
+      " (goal <= 0.26x, <= +0.5%)")
 for b in LOW_BITS:
     best = min(pct(f"{b} GPTQ"), pct(f"{b} QuantEase"))
-    print(f"{b}: RTN {pct(f'{b} RTN'):+.2f}%, GPTQ {pct(f'{b} GPTQ'):+.2f}%, QuantEase {pct(f'{b} QuantEase'):+.2f}%"
-          f" -> error-correction {'beats' if best < pct(f'{b} RTN') else 'does not beat'} RTN; QuantEase "
-          f"{'beats' if pct(f'{b} QuantEase') < pct(f'{b} GPTQ') else 'does not beat'} GPTQ")
+    print(f"{b}: {d[f'{b} GPTQ'][0]:.4f}x bytes; RTN {pct(f'{b} RTN'):+.2f}%, GPTQ {pct(f'{b} GPTQ'):+.2f}%, "
+          f"QuantEase {pct(f'{b} QuantEase'):+.2f}% -> error-correction "
+          f"{'beats' if best < pct(f'{b} RTN') else 'does not beat'} RTN; QuantEase "
+          f"{'beats' if pct(f'{b} QuantEase') < pct(f'{b} GPTQ') else 'does not beat'} GPTQ; "
+          f"int4 goal (<= 0.14x, <= +3%) {'held' if d[f'{b} GPTQ'][0] <= 0.14 and best <= 3 else 'not met'}"
+          f"{' (the test-size model is too narrow for 0.14x)' if MODEL_SIZE == 'test' else ''}")
