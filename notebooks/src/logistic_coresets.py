@@ -13,7 +13,11 @@
 #    well-conditioned basis) are loose by large factors, while the LP is exact.
 #
 # Data: the public sets cannot be downloaded here, so `make_coreset_data` generates data with
-# their shape (Covertype: d=54 balanced; KDD: d=33, 6% positives, heavy tails; DDK: Gaussian).
+# their shape (Covertype: d=54 balanced; KDD: d=33, a 20 % "normal" minority against two huge
+# clusters of near-identical attack rows, heavy-tailed counts and rare-event counters that are
+# non-zero on a handful of rows; DDK: Gaussian). The oblivious sketch follows MOW'21 and the
+# authors' experiments: 3 hashing levels + a uniform block, and a sketched loss that keeps the
+# largest quarter of each level's bucket losses (`fit_oblivious_sketch`).
 
 # %%
 import time
