@@ -9,11 +9,12 @@
 * PTQ: :func:`rtn`, :func:`gptq`, :func:`awq`, :func:`smoothquant`, :func:`quantease`.
 * :func:`quantize_model` (Flax NNX, module-path regex rules), :func:`save_quantized` /
   :func:`load_quantized` (safetensors, bit-exact).
-* Linen: :func:`quantize_params` / :func:`dequantize_params` / :func:`quantized_apply`.
+* Linen: :func:`quantize_params` / :func:`dequantize_params` / :func:`quantized_apply` /
+  :func:`capture_dense_inputs`.
 """
 from jaxeff.quant.fake import fake_quant
 from jaxeff.quant.formats import NF4_CODEBOOK, QFORMAT_NAMES, QFormat, get_qformat
-from jaxeff.quant.linen import dequantize_params, quantize_params, quantized_apply
+from jaxeff.quant.linen import capture_dense_inputs, dequantize_params, quantize_params, quantized_apply
 from jaxeff.quant.matmul import INT32_SAFE_K, quantized_dot_general, quantized_matmul
 from jaxeff.quant.model import (
     QUANT_METHODS,
@@ -57,5 +58,5 @@ __all__ = [
     "layer_reconstruction_error", "fake_quant",
     "QuantRule", "QuantizedParam", "QuantizedLinear", "QuantizedEmbed", "QuantizedTensor", "QATLinear",
     "prepare_qat", "quantize_model", "quant_weight_bytes", "save_quantized", "load_quantized", "QUANT_METHODS",
-    "QUANT_TARGETS", "quantize_params", "dequantize_params", "quantized_apply",
+    "QUANT_TARGETS", "quantize_params", "dequantize_params", "quantized_apply", "capture_dense_inputs",
 ]

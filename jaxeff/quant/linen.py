@@ -16,6 +16,8 @@ transformation of that pytree:
   rule gave ``act_fmt`` / SmoothQuant), and every other quantized leaf is dequantized
   (inside the caller's ``jit`` XLA fuses the dequantization into its consumer).
 * :func:`dequantize_params` gives back a float tree, e.g. to call ``module.apply`` directly.
+* :func:`capture_dense_inputs` records the inputs of every ``nn.Dense`` by module path: the
+  ``calibration_data`` that GPTQ / AWQ / SmoothQuant / QuantEase rules need.
 
 The quantized tree saves and loads bit-exactly with :func:`jaxeff.quant.save_quantized` /
 :func:`jaxeff.quant.load_quantized` (safetensors).
@@ -36,7 +38,7 @@ from jaxeff.quant.formats import get_qformat
 from jaxeff.quant.matmul import quantized_matmul
 from jaxeff.quant.qarray import QArray, ScaledQArray, quantize
 
-__all__ = ["quantize_params", "dequantize_params", "quantized_apply"]
+__all__ = ["quantize_params", "dequantize_params", "quantized_apply", "capture_dense_inputs"]
 
 _Q = (QArray, ScaledQArray)
 
@@ -214,3 +216,34 @@ def quantized_apply(module: nn.Module, variables: Mapping[str, Any], *args, meth
     float_vars["params"] = dequantize_params(qparams)
     with nn.intercept_methods(interceptor):
         return module.apply(float_vars, *args, method=method, **kwargs)
+
+
+def capture_dense_inputs(module: nn.Module, variables: Mapping[str, Any], *args, method: Any = None,
+                         **kwargs) -> dict[str, jax.Array]:
+    """Inputs ``[N, in]`` of every ``nn.Dense`` call during ``module.apply(variables, *args)``.
+
+    Keys are the dotted module paths used by :func:`quantize_params` (repeated calls of one
+    layer are concatenated along the token axis). Run it eagerly (not under ``jit``).
+
+    Example:
+        >>> import flax.linen as nn
+        >>> mlp = nn.Sequential([nn.Dense(32), nn.relu, nn.Dense(4)])
+        >>> v = mlp.init(jax.random.key(0), jnp.ones((1, 16)))
+        >>> {k: x.shape for k, x in capture_dense_inputs(mlp, v, jnp.ones((5, 16))).items()}
+        {'layers_0': (5, 16), 'layers_2': (5, 32)}
+    """
+    if not _params_root(variables):
+        raise ValueError("`variables` must be a dict with a 'params' collection (as from module.init).")
+    seen: dict[str, list] = {}
+
+    def interceptor(next_fun, args_, kwargs_, context):
+        mod = context.module
+        if isinstance(mod, nn.Dense) and context.method_name == "__call__" and mod.scope is not None:
+            x = args_[0]
+            seen.setdefault(".".join(mod.scope.path), []).append(jnp.reshape(x, (-1, x.shape[-1])))
+        return next_fun(*args_, **kwargs_)
+
+    with nn.intercept_methods(interceptor):
+        module.apply(dequantize_params(variables) if any(_is_q(l) for _, l in _walk(variables)) else variables,
+                     *args, method=method, **kwargs)
+    return {k: jnp.concatenate(v, axis=0) for k, v in seen.items()}

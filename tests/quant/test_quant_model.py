@@ -299,7 +299,13 @@ def test_bad_targets_and_scale_dtype():
 def test_linen_quantize_params_apply_and_save(tmp_path):
     import flax.linen as nn
 
-    from jaxeff.quant import dequantize_params, quantize_params, quantized_apply, quantized_matmul
+    from jaxeff.quant import (
+        capture_dense_inputs,
+        dequantize_params,
+        quantize_params,
+        quantized_apply,
+        quantized_matmul,
+    )
 
     class MLP(nn.Module):
         @nn.compact
@@ -329,9 +335,12 @@ def test_linen_quantize_params_apply_and_save(tmp_path):
     # dequantized tree -> plain module.apply (weight-only semantics for every layer)
     yd = mlp.apply(dequantize_params(qv), x)
     assert _rel(yd, y) < 0.15
-    # GPTQ with calibration inputs by module path beats RTN on the layer output
-    xin = x
-    qg = quantize_params(v, QuantRule(pattern="up", weight_fmt="int3", method="gptq"), calibration_data={"up": xin})
+    # GPTQ with calibration inputs captured by module path beats RTN on the layer output
+    cal = capture_dense_inputs(mlp, v, x)
+    assert set(cal) == {"up", "mid", "out"} and cal["mid"].shape == (128, 64)
+    np.testing.assert_array_equal(np.asarray(cal["up"]), np.asarray(x))
+    xin = cal["up"]
+    qg = quantize_params(v, QuantRule(pattern="up|mid", weight_fmt="int3", method="gptq"), calibration_data=cal)
     qr = quantize_params(v, QuantRule(pattern="up", weight_fmt="int3"))
     e = lambda q: float(layer_reconstruction_error(xin, p["up"]["kernel"], q["params"]["up"]["kernel"]))
     assert e(qg) < e(qr)
