@@ -11,7 +11,8 @@ sketch is fitted with its own (top-k per level) loss, ``fit_oblivious_sketch``.
 
 Sampling time: each sampler (m = 10k) against a full scikit-learn fit of the same data in the
 same process: a Gaussian design at n = 2e5 and 1e6, d = 50 (sklearn's L-BFGS converges in a
-handful of iterations there) and the Covertype-like set at full size. Parts can be selected
+handful of iterations there) and the Covertype-like set at full size, plus a per-stage profile
+of ``sqrt_leverage`` at the largest Gaussian size (``.../stage/...``). Parts can be selected
 with ``JAXEFF_CORESET_PARTS=quality,time,mu``.
 """
 from __future__ import annotations
@@ -149,6 +150,39 @@ def _sampling_time(ctx):
         f = jax.jit(lambda k, X, y: oblivious_sketch(k, X, y, m).X)
         ctx.timeit(f"{tag}/sample/oblivious", f, jax.random.key(0), Xj, yj, baseline=base, memory=False,
                    metrics={"n": n, "d": d, "m": m, "goal_ratio": 0.05})
+        if kind == "gauss" and n == max(ctx.pick([50_000], [200_000, 1_000_000])):
+            _stages(ctx, tag, base, Xj, yj, m)
+
+
+def _stages(ctx, tag, base, X, y, m):
+    """Per-stage times of ``sqrt_leverage`` (each stage jitted alone, same shapes): the hash
+    randomness, the CountSketch pass, its QR, the JL projection pass, the inverse-CDF draw and
+    priority sampling; plus one plain pass over X (``X.sum(0)``) as the bandwidth yardstick."""
+    from jaxeff.coreset import samplers as S
+
+    n, d = X.shape
+    s = S._default_sketch(n, d)
+    key = jax.random.key(0)
+    _, sign, shift = S._cs_hash(key, key, n, s, X.dtype)
+    SA = S._countsketch_shifted(X, y * sign, shift, 0, s)
+    R = S._safe_r(jnp.linalg.qr(SA, mode="r"))
+    G = jax.random.normal(key, (d, 20), X.dtype) / np.sqrt(20)
+    sc = S._quad(X, y, R, G)
+    w = jnp.ones((n,), X.dtype)
+    u = jax.random.uniform(key, (m,), X.dtype)
+    ur = 1.0 - jax.random.uniform(key, (n,), X.dtype)
+    cases = {
+        "one-pass-X.sum": (lambda X: X.sum(0), X),
+        "hash": (lambda k: S._cs_hash(k, k, n, s, X.dtype)[1:], key),
+        "countsketch": (lambda X, c, t: S._countsketch_shifted(X, c, t, 0, s), X, y * sign, shift),
+        "qr": (lambda A: S._safe_r(jnp.linalg.qr(A, mode="r")), SA),
+        "projection-jl20": (lambda X, R, G: S._quad(X, y, R, G), X, R, G),
+        "draw-replace": (lambda s_, u: S._draw_with_replacement(s_, w, u, m, None), sc, u),
+        "draw-priority": (lambda s_, u: S._draw_without_replacement(s_, w, u, m, None), sc, ur),
+    }
+    for name, (fn, *args) in cases.items():
+        ctx.timeit(f"{tag}/stage/sqrt_leverage/{name}", jax.jit(fn), *args, baseline=base, memory=False,
+                   metrics={"n": n, "d": d, "m": m, "sketch_size": s})
 
 
 def _mu_time(ctx):

@@ -9,7 +9,11 @@ and draws rows with probabilities :math:`p_i = s_i / \\sum_j s_j` from a score :
   :math:`Z = D_y X` and :math:`\\ell_i` the leverage scores, estimated from the QR of a
   CountSketch :math:`R` and a :math:`d \\times k` Gaussian :math:`G/\\sqrt{k}`:
   :math:`\\tilde\\ell_i = \\lVert (WZ)_i R^{-1} G \\rVert_2^2` (``sketch_size=None``,
-  ``jl_dim=None`` give the exact scores).
+  ``jl_dim=None`` give the exact scores). Two streaming passes over X: the CountSketch
+  (hash: random cyclic shift per block of ``sketch_size`` consecutive rows plus a random sign
+  per row, see :func:`_cs_hash`; summed block by block without a scatter) and the projection
+  :math:`X (R^{-1}G)`. As :math:`D_y` is a ±1 diagonal, the labels only flip CountSketch signs
+  and drop out of the scores (:math:`\\ell_i(WD_yX) = \\ell_i(WX)`).
 * :func:`lewis_weights`:         :math:`s_i = v_i + w_i/\\sum_j w_j` with :math:`v` the
   :math:`\\ell_1` Lewis weights of :math:`WZ`, from the fixed point iteration
   :math:`v_i \\leftarrow (a_i^\\top (A^\\top V^{-1} A)^{-1} a_i)^{1/2}`.
@@ -20,7 +24,8 @@ and draws rows with probabilities :math:`p_i = s_i / \\sum_j s_j` from a score :
   the first Lewis step's, so the augmentation costs nothing extra)
   (Munteanu & Omlor 2024), the best known sampling scheme, :math:`\\tilde O(d\\mu/\\varepsilon^2)`.
 
-With replacement (``replace=True``): ``m`` i.i.d. draws, weight :math:`w_i/(m p_i)` per draw.
+With replacement (``replace=True``): ``m`` i.i.d. draws, weight :math:`w_i/(m p_i)` per draw, by
+a two-level inverse CDF (block totals, then a cumulative sum inside the m chosen blocks only).
 Without replacement: priority sampling (Duffield, Lund & Thorup 2007), exactly ``m`` distinct
 rows, priority :math:`q_i = p_i/u_i` with :math:`u_i \\sim U(0,1]`, threshold :math:`\\tau` the
 (m+1)-th largest priority, weight :math:`w_i \\max(1, \\tau/p_i)`. Both give unbiased estimates
@@ -105,16 +110,15 @@ def _safe_r(R):
     return R + jnp.diag(fixed - diag)
 
 
-_BLOCK = 32768  # rows per block of the blocked CountSketch (keeps temporaries in cache)
+_BLOCK = 32768  # rows per block of the generic (scatter-add) CountSketch
 
 
-def _countsketch(X, c, bucket, sign, s):
-    """:math:`S\\,\\mathrm{diag}(c)\\,X` for the CountSketch S (row i -> bucket_i with sign_i), [s, d].
+def _countsketch_scatter(X, cs, bucket, s):
+    """:math:`\\sum_i cs_i e_{bucket_i} x_i^\\top` by a blocked scatter-add (any hash), [s, d].
 
     The rows are scaled and scattered block by block: XLA on CPU would otherwise materialise
     the scaled n x d matrix (an extra write and read of the data) before the scatter-add."""
     n, d = X.shape
-    cs = c * sign
     nb, rem = divmod(n, _BLOCK)
 
     def add(acc, Xb, cb, bb):
@@ -132,13 +136,74 @@ def _countsketch(X, c, bucket, sign, s):
     return acc
 
 
+def _countsketch_shifted(X, cs, shift, first_block, s):
+    """The same sum for the block-shift hash (see :func:`_cs_hash`) without a scatter: block b
+    of s consecutive rows is added, scaled, to rows ``shift_b .. shift_b + s`` of a 2s x d
+    accumulator (a dynamic slice update, in cache), whose two halves are summed at the end.
+    One streaming pass over X with no per-row index arithmetic. ``first_block``: the global
+    block index of the local row 0 (local rows must start on a block boundary)."""
+    n, d = X.shape
+    nb, rem = divmod(n, s)
+
+    def add(acc, Yb, o):
+        rows = Yb.shape[0]
+        cur = jax.lax.dynamic_slice_in_dim(acc, o, rows, 0)
+        return jax.lax.dynamic_update_slice_in_dim(acc, cur + Yb, o, 0)
+
+    acc = jnp.zeros((2 * s, d), X.dtype)
+    if nb:
+        def body(i, acc):
+            Xb = jax.lax.dynamic_slice_in_dim(X, i * s, s)
+            cb = jax.lax.dynamic_slice_in_dim(cs, i * s, s)
+            return add(acc, Xb * cb[:, None], shift[first_block + i])
+
+        acc = jax.lax.fori_loop(0, nb, body, acc)
+    if rem:
+        acc = add(acc, X[nb * s:] * cs[nb * s:, None], shift[first_block + nb])
+    return acc[:s] + acc[s:]
+
+
+def _cs_hash(k_shift, k_sign, n, s, dt):
+    """CountSketch hash with random block shifts: row i (block b = i // s) goes to bucket
+    :math:`(i \\bmod s + t_b) \\bmod s` with :math:`t_b` uniform on {0..s-1}, independent per
+    block, and gets an independent random sign.
+
+    Any two rows of different blocks share a bucket with probability exactly 1/s, two rows of
+    one block never do: the pairwise-collision property that the CountSketch subspace-embedding
+    bound uses (E‖UᵀSᵀSU − I‖²_F ≤ 2d²/s for an orthonormal U, Clarkson & Woodruff; Meng &
+    Mahoney), with fully independent signs. It lets the sketch be summed block by block
+    (:func:`_countsketch_shifted`) and needs s/n-th of the hash randomness; the signs are
+    unpacked from 32-bit words (1/32 of the random draws of one per row)."""
+    nblocks = -(-n // s)
+    shift = jax.random.randint(k_shift, (nblocks,), 0, s, dtype=jnp.int32)
+    words = jax.random.bits(k_sign, (-(-n // 32),), jnp.uint32)
+    bits = (words[:, None] >> jnp.arange(32, dtype=jnp.uint32)) & jnp.uint32(1)
+    sign = (1 - 2 * bits.reshape(-1)[:n].astype(jnp.int32)).astype(dt)
+    i = jnp.arange(n, dtype=jnp.int32)
+    bucket = (i % s + shift[i // s]) % s  # explicit form: unsharded-unaligned path and tests
+    return bucket, sign, shift
+
+
+def _countsketch(X, c, rand, s, axis):
+    """:math:`S\\,\\mathrm{diag}(c)\\,X` for the local rows, [s, d] (psum over shards gives the
+    global sketch). Rows of a shard that starts on a block boundary take the scatter-free
+    path; otherwise the explicit buckets are scattered (same sketch, other summation order)."""
+    n_loc = X.shape[0]
+    cs = c * rand["cs_sign"]
+    if axis is None:
+        return _countsketch_shifted(X, cs, rand["cs_shift"], 0, s)
+    if n_loc % s == 0:
+        return _countsketch_shifted(X, cs, rand["cs_shift"], shard_index(axis) * (n_loc // s), s)
+    return _countsketch_scatter(X, cs, rand["cs_bucket"], s)
+
+
 def _r_factor(X, c, axis, rand, sketch_size):
     """R (d x d, upper triangular) with R^T R ~ (diag(c) X)^T (diag(c) X), over all shards."""
     d = X.shape[1]
     if sketch_size is None:
         R = _tsqr_r(c[:, None] * X, axis)
     else:
-        SA = psum(_countsketch(X, c, rand["cs_bucket"], rand["cs_sign"], sketch_size), axis)
+        SA = psum(_countsketch(X, c, rand, sketch_size, axis), axis)
         R = jnp.linalg.qr(SA, mode="r")
         if R.shape[0] < d:
             R = jnp.concatenate([R, jnp.zeros((d - R.shape[0], d), X.dtype)], 0)
@@ -214,6 +279,29 @@ def _scores(method, X, y, w, axis, rand, opts):
 # ----------------------------------------------------------------------------------------
 
 
+_CDF_BLOCK = 64  # rows per block of the two-level inverse CDF
+
+
+def _inverse_cdf(s, t):
+    """For each target t (in [0, sum s)) the first j with s_0 + ... + s_j > t (searchsorted of
+    the cumulative sum, side right), without the n-long cumulative sum: block totals, the
+    cumulative sum of those (n/64 long), then a local cumulative sum inside the m chosen blocks
+    only. The same inverse CDF up to float rounding (it is, if anything, more accurate)."""
+    n = s.shape[0]
+    B = _CDF_BLOCK
+    if n <= 4 * B:
+        return jnp.searchsorted(jnp.cumsum(s), t, side="right")
+    nb = -(-n // B)
+    sp = s if n == nb * B else jnp.pad(s, (0, nb * B - n))
+    blocks = sp.reshape(nb, B)
+    C = jnp.cumsum(jnp.sum(blocks, axis=1))
+    b = jnp.clip(jnp.searchsorted(C, t, side="right"), 0, nb - 1)
+    rows = blocks[b]  # [m, B]
+    before = jnp.where(b > 0, C[jnp.maximum(b - 1, 0)], 0.0)
+    inner = jnp.sum(jnp.cumsum(rows, axis=1) <= (t - before)[:, None], axis=1)
+    return b * B + jnp.minimum(inner, B - 1)
+
+
 def _draw_with_replacement(s, w, u, m, axis):
     """Inverse-CDF sampling of m rows with p = s / sum(s), split over shards."""
     n_loc = s.shape[0]
@@ -224,9 +312,8 @@ def _draw_with_replacement(s, w, u, m, axis):
     is_last = me == totals.shape[0] - 1
     total = jnp.sum(totals)
     target = u * total
-    c = jnp.cumsum(s)
     mine = (target >= offset) & ((target < offset + tot_loc) | is_last)
-    j = jnp.clip(jnp.searchsorted(c, target - offset, side="right"), 0, n_loc - 1)
+    j = jnp.clip(_inverse_cdf(s, target - offset), 0, n_loc - 1)
     gidx = me * n_loc + j
     idx = psum(jnp.where(mine, gidx, 0), axis)
     p = psum(jnp.where(mine, s[j] / total, 0.0), axis)
@@ -267,10 +354,9 @@ def _randomness(key, method, n, d, dt, opts):
     rand = {}
     if method != "uniform":
         if opts["sketch_size"] is not None:
-            rand["cs_bucket"] = jax.random.randint(k_cs, (n,), 0, opts["sketch_size"], dtype=jnp.int32)
-            rand["cs_sign"] = jax.random.rademacher(k_sign, (n,), dtype=dt)
+            rand["cs_bucket"], rand["cs_sign"], rand["cs_shift"] = _cs_hash(k_cs, k_sign, n, opts["sketch_size"], dt)
         else:
-            rand["cs_bucket"] = rand["cs_sign"] = None
+            rand["cs_bucket"] = rand["cs_sign"] = rand["cs_shift"] = None
         if opts["jl_dim"] is not None:
             k = opts["jl_dim"]
             G = jax.random.normal(k_g, (max(opts["lewis_iters"], 1) + 1, d, k), dt) / np.sqrt(k)
@@ -302,7 +388,7 @@ def _build(method, n, d, m, replace, mesh, axis, opts_items, what):
         if mesh is None:
             return local(X, y, w, rand, u_draw, u_rows, None)
         row = P(axis)
-        rand_specs = {k: (None if v is None else (P() if k in ("G", "G_steps") else row)) for k, v in rand.items()}
+        rand_specs = {k: (None if v is None else (P() if k in ("G", "G_steps", "cs_shift") else row)) for k, v in rand.items()}
         out_specs = row if what == "probabilities" else (P(), P())
         f = jax.shard_map(
             functools.partial(local, axis_name=axis),

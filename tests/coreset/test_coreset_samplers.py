@@ -171,6 +171,30 @@ def test_sharded_equals_unsharded(method, replace, mesh8):
     np.testing.assert_allclose(np.asarray(p1), np.asarray(p8), rtol=1e-4)
 
 
+def test_block_shift_countsketch_hash_and_aligned_sharding(mesh8):
+    """The block-shift CountSketch: explicit buckets follow (i mod s + t_{i//s}) mod s, the
+    scatter-free sum equals the scatter of those buckets, and shards that start on a block
+    boundary (the scatter-free path per shard) give the unsharded distribution."""
+    n, d, s = 800, 5, 50
+    bucket, sign, shift = S._cs_hash(jax.random.key(0), jax.random.key(1), n, s, jnp.float32)
+    i = np.arange(n)
+    np.testing.assert_array_equal(np.asarray(bucket), (i % s + np.asarray(shift)[i // s]) % s)
+    assert set(np.unique(np.asarray(sign)).tolist()) == {-1.0, 1.0}
+    assert abs(float(jnp.mean(sign))) < 0.15
+    X, y = _problem(n, d, seed=5)
+    X = jnp.asarray(X, jnp.float32)
+    c = jnp.asarray(y, jnp.float32) * sign
+    for rows in (n, 777):  # whole blocks, and a partial last block
+        a = S._countsketch_shifted(X[:rows], c[:rows], shift, 0, s)
+        b = S._countsketch_scatter(X[:rows], c[:rows], bucket[:rows], s)
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+    Xs, ys = shard_batch((X, jnp.asarray(y, jnp.float32)), mesh8)  # 100 rows per shard = 2 blocks
+    for method in ("sqrt_leverage", "lewis_weights"):
+        p1 = coreset_probabilities(jax.random.key(3), X, y, method, sketch_size=s)
+        p8 = coreset_probabilities(jax.random.key(3), Xs, ys, method, sketch_size=s)
+        np.testing.assert_allclose(np.asarray(p1), np.asarray(p8), rtol=1e-4, err_msg=method)
+
+
 def test_sharded_draws_follow_the_distribution(mesh8):
     from scipy.stats import chisquare
 
@@ -246,3 +270,14 @@ def test_merge_and_reduce():
     assert abs(est.mean() - full) < 4.5 * est.std(ddof=1) / np.sqrt(len(est)) + 1e-3 * full
     with pytest.raises(ValueError, match="columns"):
         merge_and_reduce([parts[0], Coreset(jnp.ones((3, 2)), jnp.ones(3), jnp.ones(3))], 10, key=jax.random.key(0))
+
+
+def test_two_level_inverse_cdf_equals_searchsorted():
+    rng = np.random.default_rng(0)
+    for n in (1000, 1024, 200):
+        s = rng.exponential(size=n) * (rng.random(n) < 0.7)  # with zero-probability rows
+        t = np.sort(rng.random(500)) * s.sum()
+        got = np.asarray(S._inverse_cdf(jnp.asarray(s), jnp.asarray(t)))
+        want = np.minimum(np.searchsorted(np.cumsum(s), t, side="right"), n - 1)
+        assert np.mean(got == want) >= 0.99
+        assert np.all(s[got] > 0)
