@@ -99,7 +99,7 @@ def quantize_params(
         >>> type(qv["params"]["layers_0"]["kernel"]).__name__
         'QArray'
     """
-    from jaxeff.quant.model import _as_rules, _match, _quantize_kernel
+    from jaxeff.quant.model import _as_rules, _calibration_input, _match, _quantize_kernel
 
     rules = _as_rules(rules)
     if calibration_data is not None and not isinstance(calibration_data, Mapping):
@@ -129,17 +129,7 @@ def quantize_params(
         if kind == "param":
             return quantize(leaf, f, axis=nd - 1, group_size=r.group_size, symmetric=r.symmetric,
                             calibration=r.calibration, scale_dtype=r.scale_dtype)
-        x = None
-        if r.method != "rtn":
-            if calibration_data is None or mod not in calibration_data:
-                raise ValueError(f"`calibration_data` has no inputs for layer {mod!r} (method {r.method!r}).")
-            x = jnp.asarray(calibration_data[mod])
-            if x.shape[-1] != leaf.shape[0]:
-                raise ValueError(
-                    f"`calibration_data[{mod!r}]` must have last dimension {leaf.shape[0]} (the layer's input "
-                    f"size), got shape {tuple(x.shape)}."
-                )
-            x = x.reshape(-1, leaf.shape[0])
+        x = None if r.method == "rtn" else _calibration_input(calibration_data, mod, r.method, leaf.shape[0])
         qw = _quantize_kernel(r, leaf, x)
         if r.act_fmt is not None and isinstance(qw, QArray):
             qw = ScaledQArray(qweight=qw, input_scale=jnp.ones((leaf.shape[0],), jnp.float32),

@@ -386,6 +386,19 @@ def prepare_qat(model: nnx.Module, rules: QuantRule | Sequence[QuantRule]) -> nn
     return new
 
 
+def _calibration_input(data: Any, layer: str, method: str, in_features: int) -> jax.Array:
+    """The calibration inputs of ``layer`` from ``data`` as ``[tokens, in_features]``, checked."""
+    if data is None or layer not in data:
+        raise ValueError(f"`calibration_data` has no inputs for layer {layer!r} (method {method!r}).")
+    x = jnp.asarray(data[layer])
+    if x.shape[-1] != in_features:
+        raise ValueError(
+            f"`calibration_data[{layer!r}]` must have last dimension {in_features} (the layer's input size), "
+            f"got shape {tuple(x.shape)}."
+        )
+    return x.reshape(-1, in_features)
+
+
 def _quantize_kernel(rule: QuantRule, kernel: jax.Array, x: jax.Array | None):
     f = get_qformat(rule.weight_fmt, "weight_fmt")
     kw = dict(rule.method_kwargs)
@@ -476,17 +489,7 @@ def quantize_model(
         for q in path:
             lin = lin[q] if isinstance(q, int) else getattr(lin, q)
         kernel = lin.kernel[...]
-        x = None
-        if r.method != "rtn":
-            if p not in data:
-                raise ValueError(f"`calibration_data` has no inputs for layer {p!r} (method {r.method!r}).")
-            x = jnp.asarray(data[p])
-            if x.shape[-1] != kernel.shape[0]:
-                raise ValueError(
-                    f"`calibration_data[{p!r}]` must have last dimension {kernel.shape[0]} (the layer's "
-                    f"input size), got shape {tuple(x.shape)}."
-                )
-            x = x.reshape(-1, kernel.shape[0])
+        x = None if r.method == "rtn" else _calibration_input(data, p, r.method, kernel.shape[0])
         qw = _quantize_kernel(r, kernel, x)
         act = r.act_fmt if not isinstance(qw, ScaledQArray) or r.act_fmt is not None else qw.act_fmt
         bias = None if getattr(lin, "bias", None) is None else lin.bias[...]

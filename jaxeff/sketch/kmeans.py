@@ -59,14 +59,15 @@ def _check_int(name: str, v: Any, low: int = 1, high: int | None = None) -> int:
     return v
 
 
-def _check_data(name: str, A: Any) -> jax.Array:
+def _check_data(name: str, A: Any, *, finite: bool = True) -> jax.Array:
+    """2-D, non-empty, floating (ints are cast to float32); with ``finite`` also no NaN/inf rows."""
     A = jnp.asarray(A)
     check_ndim(name, A, 2)
     if not jnp.issubdtype(A.dtype, jnp.floating):
         A = A.astype(jnp.float32)
     if A.shape[0] < 1 or A.shape[1] < 1:
         raise ValueError(f"`{name}` must be non-empty, got shape {A.shape}.")
-    if not is_traced(A):
+    if finite and not is_traced(A):
         bad = int(jnp.sum(~jnp.all(jnp.isfinite(A), axis=1)))
         if bad:
             raise ValueError(f"`{name}` contains {bad} row(s) with NaN or inf values; expected finite values.")

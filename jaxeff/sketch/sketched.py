@@ -124,13 +124,7 @@ def _sketch_subspace(key, A, m, kind, power_iters):
 
 def _check_shape(name: str, A) -> jax.Array:
     """Shape/dtype checks only; finiteness is checked on the sketch ``S A`` (see below)."""
-    A = jnp.asarray(A)
-    check_ndim(name, A, 2)
-    if not jnp.issubdtype(A.dtype, jnp.floating):
-        A = A.astype(jnp.float32)
-    if A.shape[0] < 1 or A.shape[1] < 1:
-        raise ValueError(f"`{name}` must be non-empty, got shape {A.shape}.")
-    return A
+    return _check_data(name, A, finite=False)
 
 
 def _check_finite_via(A, SA):
