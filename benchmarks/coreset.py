@@ -165,7 +165,7 @@ def _stages(ctx, tag, base, X, y, m):
     key = jax.random.key(0)
     _, sign, shift = S._cs_hash(key, key, n, s, X.dtype)
     SA = S._countsketch_shifted(X, y * sign, shift, 0, s)
-    R = S._safe_r(jnp.linalg.qr(SA, mode="r"))
+    R = S._safe_r(S._householder_r(SA))
     G = jax.random.normal(key, (d, 20), X.dtype) / np.sqrt(20)
     sc = S._quad(X, y, R, G)
     w = jnp.ones((n,), X.dtype)
@@ -175,7 +175,7 @@ def _stages(ctx, tag, base, X, y, m):
         "one-pass-X.sum": (lambda X: X.sum(0), X),
         "hash": (lambda k: S._cs_hash(k, k, n, s, X.dtype)[1:], key),
         "countsketch": (lambda X, c, t: S._countsketch_shifted(X, c, t, 0, s), X, y * sign, shift),
-        "qr": (lambda A: S._safe_r(jnp.linalg.qr(A, mode="r")), SA),
+        "qr": (lambda A: S._safe_r(S._householder_r(A)), SA),
         "projection-jl20": (lambda X, R, G: S._quad(X, y, R, G), X, R, G),
         "draw-replace": (lambda s_, u: S._draw_with_replacement(s_, w, u, m, None), sc, u),
         "draw-priority": (lambda s_, u: S._draw_without_replacement(s_, w, u, m, None), sc, ur),

@@ -281,3 +281,12 @@ def test_two_level_inverse_cdf_equals_searchsorted():
         want = np.minimum(np.searchsorted(np.cumsum(s), t, side="right"), n - 1)
         assert np.mean(got == want) >= 0.99
         assert np.all(s[got] > 0)
+
+
+def test_householder_r_matches_lapack():
+    rng = np.random.default_rng(1)
+    for s, d in ((300, 7), (5, 8)):
+        A = rng.standard_normal((s, d)) * np.logspace(0, 2, d)
+        R = np.asarray(S._householder_r(jnp.asarray(A, jnp.float32)), np.float64)
+        assert R.shape == (d, d) and np.allclose(R, np.triu(R))
+        np.testing.assert_allclose(R.T @ R, A.T @ A, rtol=1e-4, atol=1e-4 * np.abs(A.T @ A).max())
