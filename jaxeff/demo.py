@@ -130,25 +130,26 @@ def osscar_prune(model: CharLM, calib_tokens: jax.Array, fraction: float) -> tup
 # ------------------------------------------------------------------------------------------
 # quantization
 # ------------------------------------------------------------------------------------------
-QUANT_VARIANTS = ("int8", "fp8", "int4-gptq", "int4-quantease")
+# variant -> (linear weight format, PTQ method, grouped?, embedding format). The embedding table
+# is quantized per row with round-to-nearest (int8 for the int4 variants: a lookup table has no
+# calibration inputs).
+_QUANT_SPECS = {
+    "int8": ("int8", "rtn", False, "int8"),
+    "fp8": ("e4m3", "rtn", False, "e4m3"),
+    "int4-gptq": ("int4", "gptq", True, "int8"),
+    "int4-quantease": ("int4", "quantease", True, "int8"),
+}
+QUANT_VARIANTS = tuple(_QUANT_SPECS)
 
 
 def quantized_variant(model: CharLM, variant: str, calib_tokens: jax.Array, group: int) -> CharLM:
-    """A weight-only quantized copy of ``model`` (embedding and norms stay float)."""
+    """A weight-only quantized copy of ``model`` (position table and norms stay float)."""
     from jaxeff.quant import QuantRule, quantize_model
 
-    # Every nnx.Linear gets the variant's format; the embedding table is quantized per row with
-    # round-to-nearest (int8 for the int4 variants: a lookup table has no calibration inputs).
-    if variant == "int8":
-        rule, embed_fmt = QuantRule(pattern=r".*", weight_fmt="int8", method="rtn"), "int8"
-    elif variant == "fp8":
-        rule, embed_fmt = QuantRule(pattern=r".*", weight_fmt="e4m3", method="rtn"), "e4m3"
-    elif variant == "int4-gptq":
-        rule, embed_fmt = QuantRule(pattern=r".*", weight_fmt="int4", method="gptq", group_size=group), "int8"
-    elif variant == "int4-quantease":
-        rule, embed_fmt = QuantRule(pattern=r".*", weight_fmt="int4", method="quantease", group_size=group), "int8"
-    else:
+    if variant not in _QUANT_SPECS:
         raise ValueError(f"`variant` must be one of {QUANT_VARIANTS}, got {variant!r}")
+    fmt, method, grouped, embed_fmt = _QUANT_SPECS[variant]
+    rule = QuantRule(pattern=r".*", weight_fmt=fmt, method=method, group_size=group if grouped else None)
     rules = [QuantRule(pattern="embed", weight_fmt=embed_fmt, method="rtn"), rule]
     # Sequential calibration: each layer sees the inputs produced by the already-quantized prefix.
     return quantize_model(model, rules, calibration_data=lambda m: capture_linear_inputs(m, calib_tokens),

@@ -33,7 +33,6 @@ References:
 from __future__ import annotations
 
 import abc
-
 import itertools
 import math
 from typing import Sequence
