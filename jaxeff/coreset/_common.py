@@ -109,6 +109,12 @@ def mesh_axis_of(x: Any, mesh: Any = None, axis: str | None = None):
     return None, None
 
 
+def check_rows_divisible(n: int, mesh: Any, axis: str | None) -> None:
+    """Raise unless the ``n`` rows split evenly over the devices of ``mesh``'s ``axis`` (no-op without a mesh)."""
+    if mesh is not None and n % mesh.shape[axis]:
+        raise ValueError(f"the {n} rows of `X` must be divisible by the {mesh.shape[axis]} devices of mesh axis {axis!r}.")
+
+
 def psum(x: Any, axis: str | None) -> Any:
     """``lax.psum`` over ``axis``; the identity when ``axis`` is None (single shard)."""
     return x if axis is None else jax.lax.psum(x, axis)

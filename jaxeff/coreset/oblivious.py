@@ -51,7 +51,7 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from jaxeff._core import check_in_range, check_key, is_traced
-from jaxeff.coreset._common import check_Xy, constrain, mesh_axis_of, psum
+from jaxeff.coreset._common import check_rows_divisible, check_Xy, constrain, mesh_axis_of, psum
 from jaxeff.coreset.logistic import LogisticFit, LogisticFitStatus, _lbfgs_minimize
 
 __all__ = ["ObliviousSketch", "oblivious_sketch", "oblivious_sketch_loss", "fit_oblivious_sketch",
@@ -175,8 +175,7 @@ def oblivious_sketch(key: Any, X: Any, y: Any, m: int, *, num_levels: int = 3, k
     p, N, U = oblivious_level_probabilities(n, int(m), int(num_levels))
     k = max(1, int(keep * N))
     mesh, axis = mesh_axis_of(X, mesh, axis)
-    if mesh is not None and n % mesh.shape[axis]:
-        raise ValueError(f"the {n} rows of `X` must be divisible by the {mesh.shape[axis]} devices of axis {axis!r}.")
+    check_rows_divisible(n, mesh, axis)
     SZ, w = _build(n, d, int(num_levels), N, U, tuple(p.tolist()), mesh, axis)(key, X, y)
     return ObliviousSketch(SZ, jnp.ones((SZ.shape[0],), X.dtype), w, int(num_levels), N, k)
 

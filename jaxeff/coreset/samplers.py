@@ -57,7 +57,15 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from jaxeff._core import check_choice, check_in_range, check_key
-from jaxeff.coreset._common import all_gather, check_Xy, constrain, mesh_axis_of, psum, shard_index
+from jaxeff.coreset._common import (
+    all_gather,
+    check_rows_divisible,
+    check_Xy,
+    constrain,
+    mesh_axis_of,
+    psum,
+    shard_index,
+)
 
 __all__ = [
     "uniform",
@@ -441,10 +449,7 @@ def _prepare(method, key, X, y, m, replace, sample_weights, mesh, axis, sketch_s
         if not replace and m > n:
             raise ValueError(f"`m` ({m}) must be <= n ({n}) when sampling without replacement (replace=False).")
     mesh, axis = mesh_axis_of(X, mesh, axis)
-    if mesh is not None and n % mesh.shape[axis]:
-        raise ValueError(
-            f"the {n} rows of `X` must be divisible by the {mesh.shape[axis]} devices of mesh axis {axis!r}."
-        )
+    check_rows_divisible(n, mesh, axis)
     if sketch_size is not None:
         check_in_range("sketch_size", sketch_size, 1)
     if jl_dim is not None:
