@@ -109,6 +109,12 @@ def _power_step(A, B):
 
 
 @jax.jit
+def _power_basis(A, Q):
+    """One subspace step ``Q ← orth(Aᵀ A Q)`` (two passes over ``A``; ``A Q`` is not kept)."""
+    return _basis_jit((A.T @ (A @ Q)).T)
+
+
+@jax.jit
 def _lift(CB, Q):
     return CB @ Q.T
 
@@ -279,7 +285,7 @@ def sketched_kmeans(
     _check_finite_via(A, SA)
     Q = _basis_jit(SA)
     for _ in range(power_iters):
-        Q, _ = _power_step(A, A @ Q)
+        Q = _power_basis(A, Q)
     chunk = min(chunk_size, n)
     C, labels, cost = _kmeans_projected(
         jax.random.fold_in(key, 13), A, Q, jnp.asarray(tol, A.dtype), jnp.asarray(max_iter, jnp.int32),
