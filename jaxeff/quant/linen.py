@@ -36,7 +36,7 @@ import numpy as np
 
 from jaxeff.quant.formats import get_qformat
 from jaxeff.quant.matmul import quantized_matmul
-from jaxeff.quant.qarray import QArray, ScaledQArray, quantize
+from jaxeff.quant.qarray import QArray, ScaledQArray
 
 __all__ = ["quantize_params", "dequantize_params", "quantized_apply", "capture_dense_inputs"]
 
@@ -99,7 +99,7 @@ def quantize_params(
         >>> type(qv["params"]["layers_0"]["kernel"]).__name__
         'QArray'
     """
-    from jaxeff.quant.model import _as_rules, _calibration_input, _match, _quantize_kernel
+    from jaxeff.quant.model import _as_rules, _calibration_input, _match, _quantize_kernel, _quantize_table
 
     rules = _as_rules(rules)
     if calibration_data is not None and not isinstance(calibration_data, Mapping):
@@ -122,13 +122,8 @@ def quantize_params(
         r = _match(rules, mod if kind != "param" else ".".join(path), kind)
         if r is None or r.weight_fmt is None:
             return leaf
-        f = get_qformat(r.weight_fmt, "weight_fmt")
-        if kind == "embed":
-            return quantize(leaf, f, axis=1, group_size=r.group_size, symmetric=r.symmetric,
-                            calibration=r.calibration, scale_dtype=r.scale_dtype)
-        if kind == "param":
-            return quantize(leaf, f, axis=nd - 1, group_size=r.group_size, symmetric=r.symmetric,
-                            calibration=r.calibration, scale_dtype=r.scale_dtype)
+        if kind != "linear":
+            return _quantize_table(r, leaf, axis=1 if kind == "embed" else nd - 1)
         x = None if r.method == "rtn" else _calibration_input(calibration_data, mod, r.method, leaf.shape[0])
         qw = _quantize_kernel(r, leaf, x)
         if r.act_fmt is not None and isinstance(qw, QArray):

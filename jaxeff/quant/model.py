@@ -399,6 +399,12 @@ def _calibration_input(data: Any, layer: str, method: str, in_features: int) -> 
     return x.reshape(-1, in_features)
 
 
+def _quantize_table(rule: QuantRule, a: jax.Array, axis: int) -> QArray:
+    """RTN of an embedding table / free-standing param, scales shared along ``axis``."""
+    return quantize(a, get_qformat(rule.weight_fmt, "weight_fmt"), axis=axis, group_size=rule.group_size,
+                    symmetric=rule.symmetric, calibration=rule.calibration, scale_dtype=rule.scale_dtype)
+
+
 def _quantize_kernel(rule: QuantRule, kernel: jax.Array, x: jax.Array | None):
     f = get_qformat(rule.weight_fmt, "weight_fmt")
     kw = dict(rule.method_kwargs)
@@ -460,17 +466,12 @@ def quantize_model(
     for path, emb in _linear_layers(new, (nnx.Embed,)):
         r = _match(rules, _path_str(path), "embed")
         if r is not None and r.weight_fmt is not None:
-            table = emb.embedding[...]
-            qt = quantize(table, get_qformat(r.weight_fmt, "weight_fmt"), axis=1, group_size=r.group_size,
-                          symmetric=r.symmetric, calibration=r.calibration, scale_dtype=r.scale_dtype)
-            _set_child(new, path, QuantizedEmbed(qt))
+            _set_child(new, path, QuantizedEmbed(_quantize_table(r, emb.embedding[...], axis=1)))
     for mpath, name, mod, var in _free_params(new):
         r = _match(rules, _path_str(mpath + (name,)), "param")
         if r is not None and r.weight_fmt is not None:
             a = var.get_value()
-            qt = quantize(a, get_qformat(r.weight_fmt, "weight_fmt"), axis=a.ndim - 1, group_size=r.group_size,
-                          symmetric=r.symmetric, calibration=r.calibration, scale_dtype=r.scale_dtype)
-            setattr(mod, name, QuantizedTensor(qt))
+            setattr(mod, name, QuantizedTensor(_quantize_table(r, a, axis=a.ndim - 1)))
     todo = []
     for path, lin in _linear_layers(new):
         p = _path_str(path)
