@@ -265,16 +265,15 @@ def _lewis(X, c, axis, rand, opts):
     num_iters, sketch_size = opts["lewis_iters"], opts["sketch_size"]
 
     def q_of(v, t):
-        # the barrier materialises the n-vector of scales: without it XLA:CPU may fuse the whole
-        # previous step into the scatter-add's operand and recompute it per element
-        cv = jax.lax.optimization_barrier(c * jax.lax.rsqrt(v))
         if sketch_size is None:
-            A = c[:, None] * X
-            Gm = psum((A / v[:, None]).T @ A, axis)
+            Gm = psum(X.T @ ((c * c / v)[:, None] * X), axis)  # A^T V^-1 A, one n x d temporary
             Gm = Gm + (10 * jnp.finfo(X.dtype).eps * jnp.trace(Gm) / d) * jnp.eye(d, dtype=X.dtype)
             R = jnp.linalg.cholesky(Gm).T
             G = None
         else:
+            # the barrier materialises the n-vector of scales: without it XLA:CPU may fuse the whole
+            # previous step into the scatter-add's operand and recompute it per element
+            cv = jax.lax.optimization_barrier(c * jax.lax.rsqrt(v))
             R = _r_factor(X, cv, axis, rand, sketch_size)
             G = None if rand["G_steps"] is None else rand["G_steps"][t]
         return _quad(X, c, R, G)
