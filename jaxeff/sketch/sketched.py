@@ -40,7 +40,7 @@ from jaxeff.sketch.kmeans import (
     _check_data,
     _check_int,
     _cost_jit,
-    _solve_local,
+    _kmeans_jit,
     kmeans,
 )
 from jaxeff.sketch.sketches import SKETCH_KINDS, SketchState, make_sketch, sketch_apply
@@ -156,12 +156,10 @@ def _kmeans_projected(key, A, Q, tol, max_iter, *, k, chunk, init, n_trials, n_i
     ``Σᵢ ‖A_i‖² − ‖B_i‖²``. So the final Lloyd pass on ``B`` *is* the exact assignment of all
     ``n`` rows, and no further ``O(ndk)`` pass over ``A`` is needed.
     """
-    n = A.shape[0]
     B = A @ Q
-    keys = jax.random.split(key, n_init)
-    CB, labels, cost_B = _solve_local(
-        keys, B, jnp.zeros((k, B.shape[1]), B.dtype), k=k, chunk=chunk, max_iter=max_iter, tol=tol, init=init,
-        n_trials=n_trials, axis=None, n_glob=n,
+    CB, labels, cost_B = _kmeans_jit(
+        key, B, jnp.zeros((k, B.shape[1]), B.dtype), tol, max_iter, k=k, chunk=chunk, init=init,
+        n_trials=n_trials, n_init=n_init,
     )
     C = CB @ Q.T
     resid = jnp.sum(jnp.maximum(jnp.sum(A * A, axis=1) - jnp.sum(B * B, axis=1), 0.0))
@@ -185,9 +183,8 @@ def _refine_means(A, C, labels, cost):
     return mu, jnp.maximum(cost - gain, 0.0)
 
 
-@functools.partial(jax.jit, static_argnames=("k",))
-def _refine_jit(A, C, labels, *, k):
-    del k
+@jax.jit
+def _refine_jit(A, C, labels):
     return _refine_means(A, C, labels, _cost_jit(A, C, labels))
 
 
@@ -295,7 +292,7 @@ def sketched_kmeans(
         T = _right_sketch_op(key, t, d, assign_kind)
         labels, _ = _assign_jit(sketch_apply(T, A, "right"), sketch_apply(T, C, "right"), chunk)
         if refine:
-            C, cost = _refine_jit(A, C, labels, k=k)
+            C, cost = _refine_jit(A, C, labels)
         else:
             cost = _cost_jit(A, C, labels)
     return KMeansResult(C, labels, cost)
