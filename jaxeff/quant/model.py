@@ -477,18 +477,15 @@ def quantize_model(
         p = _path_str(path)
         r = _match(rules, p)
         if r is not None and r.weight_fmt is not None:
-            todo.append((path, p, r))
-    needs = any(r.method != "rtn" for _, _, r in todo)
+            todo.append((path, p, lin, r))
+    needs = any(r.method != "rtn" for *_, r in todo)
     data = None
     if needs:
         if calibration_data is None:
-            methods = sorted({r.method for _, _, r in todo if r.method != "rtn"})
+            methods = sorted({r.method for *_, r in todo if r.method != "rtn"})
             raise ValueError(f"`calibration_data` is required for methods {methods}.")
         data = calibration_data(new) if callable(calibration_data) else calibration_data
-    for path, p, r in todo:
-        lin = new
-        for q in path:
-            lin = lin[q] if isinstance(q, int) else getattr(lin, q)
+    for path, p, lin, r in todo:
         kernel = lin.kernel[...]
         x = None if r.method == "rtn" else _calibration_input(data, p, r.method, kernel.shape[0])
         qw = _quantize_kernel(r, kernel, x)
