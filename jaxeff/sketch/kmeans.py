@@ -74,6 +74,21 @@ def _check_data(name: str, A: Any, *, finite: bool = True) -> jax.Array:
     return A
 
 
+def _check_solver_args(n_init, max_iter, chunk_size, tol):
+    """Checks shared by :func:`kmeans` and the sketched k-means; returns the validated ints."""
+    n_init = _check_int("n_init", n_init)
+    max_iter = _check_int("max_iter", max_iter)
+    chunk_size = _check_int("chunk_size", chunk_size)
+    if not is_traced(tol) and not (float(tol) >= 0.0):
+        raise ValueError(f"`tol` must be >= 0, got {tol!r}.")
+    return n_init, max_iter, chunk_size
+
+
+def _n_trials(k, n_local_trials):
+    """k-means++ candidates per step: ``n_local_trials`` or scikit-learn's ``2 + int(ln k)``."""
+    return _check_int("n_local_trials", n_local_trials) if n_local_trials is not None else 2 + int(math.log(k))
+
+
 def _psum(x, axis):
     return x if axis is None else lax.psum(x, axis)
 
@@ -344,11 +359,7 @@ def kmeans(
     k = _check_int("k", k)
     if k > n:
         raise ValueError(f"`k` ({k}) must be <= the number of rows of `A` ({n}).")
-    n_init = _check_int("n_init", n_init)
-    max_iter = _check_int("max_iter", max_iter)
-    chunk_size = _check_int("chunk_size", chunk_size)
-    if not is_traced(tol) and not (float(tol) >= 0.0):
-        raise ValueError(f"`tol` must be >= 0, got {tol!r}.")
+    n_init, max_iter, chunk_size = _check_solver_args(n_init, max_iter, chunk_size, tol)
     if isinstance(init, str):
         check_choice("init", init, ("k-means++", "random"))
         init_C = jnp.zeros((k, d), A.dtype)
@@ -361,7 +372,7 @@ def kmeans(
             raise ValueError("`init` contains NaN or inf values.")
         init_kind = "array"
         n_init = 1
-    n_trials = _check_int("n_local_trials", n_local_trials) if n_local_trials is not None else 2 + int(math.log(k))
+    n_trials = _n_trials(k, n_local_trials)
     tol = jnp.asarray(tol, A.dtype)
     if mesh is None:
         chunk = min(chunk_size, n)

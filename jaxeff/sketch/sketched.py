@@ -26,21 +26,22 @@ References:
 from __future__ import annotations
 
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxeff._core.validation import check_choice, check_key, check_ndim, is_traced
+from jaxeff._core.validation import check_choice, check_key, is_traced
 from jaxeff.sketch.dictionary import DictionaryLearningResult, dictionary_learning, omp
 from jaxeff.sketch.kmeans import (
     KMeansResult,
     _assign_jit,
     _check_data,
     _check_int,
+    _check_solver_args,
     _cost_jit,
     _kmeans_jit,
+    _n_trials,
     kmeans,
 )
 from jaxeff.sketch.sketches import SKETCH_KINDS, SketchState, make_sketch, sketch_apply
@@ -269,15 +270,10 @@ def sketched_kmeans(
     check_choice("assign_kind", assign_kind, SKETCH_KINDS)
     check_choice("init", init, ("k-means++", "random"))
     power_iters = _check_int("power_iters", power_iters, low=0)
-    n_init = _check_int("n_init", n_init)
-    max_iter = _check_int("max_iter", max_iter)
-    chunk_size = _check_int("chunk_size", chunk_size)
     if not isinstance(refine, (bool, np.bool_)):
         raise ValueError(f"`refine` must be a bool, got {refine!r}.")
-    if not is_traced(tol) and not (float(tol) >= 0.0):
-        raise ValueError(f"`tol` must be >= 0, got {tol!r}.")
-    n_trials = (_check_int("n_local_trials", n_local_trials) if n_local_trials is not None
-                else 2 + int(math.log(k)))
+    n_init, max_iter, chunk_size = _check_solver_args(n_init, max_iter, chunk_size, tol)
+    n_trials = _n_trials(k, n_local_trials)
     SA = _left_sketch(key, A, m, kind)
     _check_finite_via(A, SA)
     Q = _basis_jit(SA)
