@@ -44,10 +44,10 @@ from jaxeff._core.validation import (
 )
 from jaxeff.quant.formats import FormatLike, QFormat, get_qformat
 from jaxeff.quant.qarray import (
-    CALIBRATIONS,
     QArray,
     ScaledQArray,
     _calibrate,
+    _check_symmetric_calibration,
     _quant_dequant,
     _scale_dtype_name,
     quantize,
@@ -168,9 +168,7 @@ def layer_reconstruction_error(x_or_hessian: jax.Array, w: jax.Array, w_hat: Any
 def _fmt_and_checks(w, fmt, symmetric, calibration, group_size):
     _check_w(w)
     f = get_qformat(fmt)
-    if not f.is_int and not symmetric:
-        raise ValueError(f"`symmetric` must be True for the {f.kind} format {f.name!r}.")
-    check_choice("calibration", calibration, CALIBRATIONS)
+    _check_symmetric_calibration(f, symmetric, calibration)
     gs = _check_group(w.shape[0], group_size)
     return f, gs
 

@@ -379,12 +379,17 @@ def _calibrate(xg: jax.Array, fmt: QFormat, symmetric: bool, calibration: str, p
     return s, z
 
 
-def _validate(x, fmt, axis, group_size, calibration, rounding, key, symmetric, percentile, mse_grid):
-    f = get_qformat(fmt)
-    check_floating("x", x)
+def _check_symmetric_calibration(f: QFormat, symmetric: bool, calibration: str) -> None:
+    """Shared by :func:`quantize` and the PTQ methods: non-int formats are symmetric only."""
     if not f.is_int and not symmetric:
         raise ValueError(f"`symmetric` must be True for the {f.kind} format {f.name!r}.")
     check_choice("calibration", calibration, CALIBRATIONS)
+
+
+def _validate(x, fmt, axis, group_size, calibration, rounding, key, symmetric, percentile, mse_grid):
+    f = get_qformat(fmt)
+    check_floating("x", x)
+    _check_symmetric_calibration(f, symmetric, calibration)
     check_choice("rounding", rounding, ROUNDINGS)
     if rounding == "stochastic":
         check_key("key", key)
