@@ -140,7 +140,6 @@ def _worst_rows(A, R, k):
 
 def _replace_mask(D, X):
     """Atoms to re-seed: unused ones, and the later of two near-duplicate atoms (|cos| > 0.99)."""
-    k = D.shape[0]
     unused = jnp.sum(X != 0, axis=0) == 0
     Dn = _normalize_rows(D)
     G = jnp.abs(Dn @ Dn.T)
