@@ -129,11 +129,6 @@ def _sketch_subspace(key, A, m, kind, power_iters):
     return Q, B
 
 
-def _check_shape(name: str, A) -> jax.Array:
-    """Shape/dtype checks only; finiteness is checked on the sketch ``S A`` (see below)."""
-    return _check_data(name, A, finite=False)
-
-
 def _check_finite_via(A, SA):
     # Every row of A enters S A with a nonzero weight (CountSketch / sparse JL: ±1 entries;
     # Gaussian: a.s. nonzero; SRHT: dense Hadamard mixing), so a NaN/inf anywhere in A makes
@@ -260,7 +255,7 @@ def sketched_kmeans(
       Dexter et al., arXiv 2310.19068; Cohen et al., arXiv 1410.6801.
     """
     check_key("key", key)
-    A = _check_shape("A", A)
+    A = _check_data("A", A, finite=False)  # finiteness is checked on S A below
     n, d = A.shape
     k = _check_int("k", k)
     if k > n:
