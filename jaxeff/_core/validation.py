@@ -26,6 +26,10 @@ __all__ = [
     "check_finite",
     "check_divisible",
     "check_key",
+    "check_traced_in_range",
+    "check_index_range",
+    "error_if",
+    "is_inexact_dtype",
     "is_traced",
 ]
 
@@ -150,17 +154,113 @@ def check_divisible(name: str, value: int, divisor: int, divisor_name: str) -> N
         )
 
 
+def is_inexact_dtype(dtype: Any) -> bool:
+    """True for every floating or complex dtype, including bfloat16, float16 and the fp8 types.
+
+    NumPy reports the ml_dtypes types (bfloat16, float8_*) with kind ``"V"``, so a check on
+    ``dtype.kind in "fc"`` misses them; jnp's own dtype predicates do not.
+    """
+    try:
+        return bool(jnp.issubdtype(dtype, jnp.inexact))
+    except TypeError:
+        return False
+
+
+def _count_nonfinite(x: Any) -> int:
+    arr = np.asarray(x)
+    if not is_inexact_dtype(arr.dtype):
+        return 0
+    if not np.issubdtype(arr.dtype, np.complexfloating) and arr.dtype not in (np.float32, np.float64):
+        arr = arr.astype(np.float32)  # bf16 / fp16 / fp8: exact in float32, NaN and inf kept
+    return int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+
+
 def check_finite(name: str, x: Any) -> None:
     """Raise if a concrete array holds NaN or inf. Skipped for traced values.
 
-    Use ``equinox.error_if`` for checks that must run inside ``jit``.
+    Every inexact dtype is checked, bfloat16, float16 and fp8 included. Use
+    :func:`error_if_nonfinite` for checks that must run inside ``jit``.
     """
     if is_traced(x):
         return
-    arr = np.asarray(x)
-    if arr.dtype.kind in "fc" and not np.all(np.isfinite(arr)):
-        bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+    bad = _count_nonfinite(x)
+    if bad:
         raise ValueError(f"`{name}` contains {bad} NaN or inf value(s); expected finite values.")
+
+
+def error_if(x: Any, pred: Any, msg: str) -> Any:
+    """``equinox.error_if``: return ``x``, raising ``msg`` at run time when ``pred`` holds.
+
+    For data-dependent checks that must survive ``jit``: when ``pred`` is concrete (eager
+    call) the check is a plain ``ValueError`` raised here; when it is traced, the returned
+    value carries the check and must be used in place of ``x``.
+    """
+    if not is_traced(pred):
+        if bool(np.any(np.asarray(pred))):
+            raise ValueError(msg)
+        return x
+    import equinox as eqx
+
+    return eqx.error_if(x, pred, msg)
+
+
+def check_traced_in_range(
+    name: str,
+    x: Any,
+    value: Any,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_inclusive: bool = True,
+    high_inclusive: bool = True,
+) -> Any:
+    """:func:`check_in_range` that also runs under ``jit``.
+
+    A concrete ``value`` is checked now (``ValueError``); a traced one is checked at run time
+    with ``equinox.error_if`` attached to ``x``, which is returned and must be used.
+    """
+    if not is_traced(value):
+        check_in_range(name, value, low, high, low_inclusive=low_inclusive, high_inclusive=high_inclusive)
+        return x
+    v = jnp.asarray(value)
+    bad = jnp.isnan(v)
+    if low is not None:
+        bad |= (v < low) if low_inclusive else (v <= low)
+    if high is not None:
+        bad |= (v > high) if high_inclusive else (v >= high)
+    lb = "[" if low_inclusive else "("
+    hb = "]" if high_inclusive else ")"
+    lo = "-inf" if low is None else f"{low:g}"
+    hi = "inf" if high is None else f"{high:g}"
+    return error_if(x, jnp.any(bad), f"`{name}` must be in {lb}{lo}, {hi}{hb}.")
+
+
+def check_index_range(name: str, idx: Any, n: int, x: Any = None, *, ignore: Any = None,
+                      what: str = "") -> Any:
+    """Raise unless every integer in ``idx`` lies in ``[0, n)`` (entries equal to ``ignore`` skipped).
+
+    Concrete ``idx``: ``ValueError`` now. Traced ``idx``: one reduction checked at run time
+    with ``equinox.error_if`` attached to ``x`` (default: ``idx``), which is returned and
+    must be used.
+    """
+    target = idx if x is None else x
+    suffix = f" ({what})" if what else ""
+    if not is_traced(idx):
+        arr = np.asarray(idx)
+        if arr.size:
+            ok = (arr >= 0) & (arr < n)
+            if ignore is not None:
+                ok |= arr == ignore
+            if not np.all(ok):
+                bad = arr[~ok]
+                raise ValueError(f"`{name}` must hold indices in [0, {n}){suffix}, got {bad.size} out of range "
+                                 f"(e.g. {bad.ravel()[0]!r}).")
+        return target
+    i = jnp.asarray(idx)
+    bad = (i < 0) | (i >= n)
+    if ignore is not None:
+        bad &= i != ignore
+    return error_if(target, jnp.any(bad), f"`{name}` must hold indices in [0, {n}){suffix}.")
 
 
 def check_key(name: str, key: Any, *, required: bool = True) -> None:
