@@ -412,9 +412,9 @@ def _quantize_kernel(rule: QuantRule, kernel: jax.Array, x: jax.Array | None):
     if rule.method == "rtn":
         return rtn(kernel, f, group_size=rule.group_size, **common, **kw)
     if rule.method == "gptq":
-        return gptq(kernel, x, f, rule.group_size, is_hessian=False, **common, **kw)
+        return gptq(kernel, x, f, rule.group_size, **common, **kw)
     if rule.method == "quantease":
-        return quantease(kernel, x, f, rule.group_size, is_hessian=False, **common, **kw)
+        return quantease(kernel, x, f, rule.group_size, **common, **kw)
     if rule.method == "awq":
         return awq(kernel, x, f, rule.group_size, **common, **kw)
     return smoothquant(kernel, x, f, rule.act_fmt, group_size=rule.group_size, **common, **kw)

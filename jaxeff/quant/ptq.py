@@ -129,29 +129,48 @@ def calibration_hessian(x: jax.Array) -> jax.Array:
     return x2.T @ x2
 
 
-def _as_hessian(x_or_hessian, n_in: int, is_hessian: bool | None, name: str = "x_or_hessian"):
-    a = jnp.asarray(x_or_hessian)
-    if is_hessian is None:
-        is_hessian = a.ndim == 2 and a.shape == (n_in, n_in)
-    if is_hessian:
-        if a.shape != (n_in, n_in):
-            raise ValueError(f"`{name}` as a Hessian must have shape ({n_in}, {n_in}), got {tuple(a.shape)}.")
-        check_floating(name, a)
-        if not is_traced(a):
-            check_finite(name, a)
-        return a.astype(jnp.promote_types(a.dtype, jnp.float32))
-    return calibration_hessian(_flatten_x(a, n_in, name))
+def _as_hessian(x, hessian, n_in: int, *, require_data: bool = False):
+    """``H = X^T X`` from exactly one of ``x`` (inputs ``[..., in]``) and ``hessian`` (``[in, in]``).
+
+    The caller says which it passes; nothing is guessed from the shape (a square block of
+    calibration inputs is inputs). With ``require_data``, zero calibration rows or an
+    all-zero Hessian (no information, every row would be "dead") are refused.
+    """
+    if (x is None) == (hessian is None):
+        raise ValueError("pass exactly one of `x` (calibration inputs [..., in]) and `hessian` "
+                         f"(H = X^T X, [in, in]); got {'both' if x is not None else 'neither'}.")
+    if hessian is None:
+        x2 = _flatten_x(x, n_in, "x")
+        if require_data and x2.shape[0] == 0:
+            raise ValueError(f"`x` has no rows (shape {tuple(jnp.shape(x))}); at least one calibration "
+                             "row is needed.")
+        h = calibration_hessian(x2)
+        if require_data and not is_traced(h) and not np.any(np.asarray(jnp.diag(h)) != 0):
+            raise ValueError("`x` is all zeros (no calibration information); every row would quantize to zero.")
+        return h
+    a = jnp.asarray(hessian)
+    if a.shape != (n_in, n_in):
+        raise ValueError(f"`hessian` must have shape ({n_in}, {n_in}) (the input size of `w`), "
+                         f"got {tuple(a.shape)}.")
+    check_floating("hessian", a)
+    if not is_traced(a):
+        check_finite("hessian", a)
+        if require_data and not np.any(np.asarray(jnp.diag(a), np.float64) != 0):
+            raise ValueError("`hessian` has an all-zero diagonal (no calibration data); every row would "
+                             "quantize to zero.")
+    return a.astype(jnp.promote_types(a.dtype, jnp.float32))
 
 
-def layer_reconstruction_error(x_or_hessian: jax.Array, w: jax.Array, w_hat: Any, *,
-                               is_hessian: bool | None = None) -> jax.Array:
+def layer_reconstruction_error(x: jax.Array | None, w: jax.Array, w_hat: Any, *,
+                               hessian: jax.Array | None = None) -> jax.Array:
     """``||X W - X W_hat||_F^2 = tr((W - W_hat)^T H (W - W_hat))``.
 
     Args:
-        x_or_hessian: calibration inputs ``[..., in]`` or ``H = X^T X`` ``[in, in]`` (a square
-            ``[in, in]`` array is taken as H unless ``is_hessian=False``).
+        x: calibration inputs ``[..., in]``, or None when ``hessian`` is given.
         w: float kernel ``[in, out]``.
         w_hat: float kernel, :class:`QArray` or :class:`ScaledQArray` (dequantized first).
+        hessian: ``H = X^T X`` ``[in, in]`` instead of ``x`` (keyword only; exactly one of
+            the two). A square ``x`` is always calibration inputs.
 
     Example:
         >>> w = jnp.eye(3); layer_reconstruction_error(jnp.ones((5, 3)), w, w)
@@ -160,13 +179,15 @@ def layer_reconstruction_error(x_or_hessian: jax.Array, w: jax.Array, w_hat: Any
     _check_w(w)
     if isinstance(w_hat, (QArray, ScaledQArray)):
         w_hat = w_hat.dequantize(jnp.float32)
-    h = _as_hessian(x_or_hessian, w.shape[0], is_hessian)
+    h = _as_hessian(x, hessian, w.shape[0])
     d = (w - w_hat).astype(h.dtype)
     return jnp.sum(d * (h @ d))
 
 
 def _fmt_and_checks(w, fmt, symmetric, calibration, group_size):
     _check_w(w)
+    if fmt is None:
+        raise ValueError("`fmt` is required (e.g. 'int4').")
     f = get_qformat(fmt)
     _check_symmetric_calibration(f, symmetric, calibration)
     gs = _check_group(w.shape[0], group_size)
@@ -300,16 +321,16 @@ def _gptq_impl(w, h, damp, *, fmt: QFormat, gs, block_size, act_order, symmetric
 
 def gptq(
     w: jax.Array,
-    x_or_hessian: jax.Array,
-    fmt: FormatLike,
+    x: jax.Array | None = None,
+    fmt: FormatLike = None,
     group_size: int | None = None,
     damp: float = 0.01,
     block_size: int = 128,
     act_order: bool = False,
     *,
+    hessian: jax.Array | None = None,
     symmetric: bool = True,
     calibration: str = "absmax",
-    is_hessian: bool | None = None,
     percentile: float = 99.9,
     mse_grid: int = 32,
     scale_dtype: Any = None,
@@ -333,13 +354,15 @@ def gptq(
 
     Args:
         w: kernel ``[in, out]``.
-        x_or_hessian: calibration inputs ``[..., in]`` or ``H = X^T X`` ``[in, in]`` (a square
-            ``[in, in]`` array is taken as H unless ``is_hessian=False``).
-        fmt: target format (int2..int8, uint, e4m3, e5m2).
+        x: calibration inputs ``[..., in]`` (at least one row), or None when ``hessian`` is
+            given. A square ``x`` is always inputs, never taken for H.
+        fmt: target format (int2..int8, uint, e4m3, e5m2); required.
         group_size: input rows per scale group (None: one scale per output column).
         damp: relative dampening of the Hessian diagonal.
         block_size: rows per lazy-update block.
         act_order: process rows by decreasing ``H_ii``.
+        hessian: ``H = X^T X`` ``[in, in]`` instead of ``x`` (keyword only; exactly one of the
+            two; an all-zero diagonal is refused).
         symmetric, calibration: how scales are chosen (see :func:`quantize`).
         scale_dtype: dtype the scales are stored in (float32, bfloat16, float16); the
             algorithm runs on the grid of the stored (rounded-up) scales.
@@ -363,7 +386,7 @@ def gptq(
     check_in_range("damp", damp, 0.0, None)
     if not isinstance(block_size, (int, np.integer)) or block_size < 1:
         raise ValueError(f"`block_size` must be a positive int, got {block_size!r}.")
-    h = _gather_explicit(_as_hessian(x_or_hessian, w.shape[0], is_hessian))
+    h = _gather_explicit(_as_hessian(x, hessian, w.shape[0], require_data=True))
     w = _gather_explicit(jnp.asarray(w))
     bs = int(block_size)
     if gs is not None and not act_order:
@@ -419,17 +442,17 @@ def _quantease_impl(w, h, w0, s_all, z_all, *, fmt: QFormat, gs, num_iters, rela
 
 def quantease(
     w: jax.Array,
-    x_or_hessian: jax.Array,
-    fmt: FormatLike,
+    x: jax.Array | None = None,
+    fmt: FormatLike = None,
     group_size: int | None = None,
     num_iters: int = 30,
     *,
+    hessian: jax.Array | None = None,
     init: str = "w",
     relax_every: int | None = None,
     damp: float = 0.0,
     symmetric: bool = True,
     calibration: str = "absmax",
-    is_hessian: bool | None = None,
     percentile: float = 99.9,
     mse_grid: int = 32,
     scale_dtype: Any = None,
@@ -455,10 +478,13 @@ def quantease(
 
     Args:
         w: kernel ``[in, out]``.
-        x_or_hessian: calibration inputs ``[..., in]`` or ``Σ`` ``[in, in]``.
-        fmt: target format.
+        x: calibration inputs ``[..., in]`` (at least one row), or None when ``hessian`` is
+            given. A square ``x`` is always inputs, never taken for ``Σ``.
+        fmt: target format; required.
         group_size: input rows per scale group (None: per output column).
         num_iters: number of sweeps (>= 1).
+        hessian: ``Σ = X^T X`` ``[in, in]`` instead of ``x`` (keyword only; exactly one of
+            the two; an all-zero diagonal is refused).
         init: starting point: "w" (Ŵ = W), "rtn", or "gptq".
         relax_every: period of unquantized sweeps, or None.
         damp: relative ridge added to ``Σ``'s diagonal.
@@ -487,7 +513,7 @@ def quantease(
     check_in_range("damp", damp, 0.0, None)
     sd = _scale_dtype_name(scale_dtype)
     w = _gather_explicit(jnp.asarray(w))
-    h = _gather_explicit(_as_hessian(x_or_hessian, w.shape[0], is_hessian))
+    h = _gather_explicit(_as_hessian(x, hessian, w.shape[0], require_data=True))
     h = h + damp * jnp.mean(jnp.diag(h)) * jnp.eye(h.shape[0], dtype=h.dtype)
     s_all, z_all = _group_scales(w.astype(h.dtype), f, gs, symmetric, calibration, float(percentile),
                                  int(mse_grid), sd)
@@ -497,7 +523,7 @@ def quantease(
         w0 = quantize(w, f, axis=0, group_size=gs, scale=s_all, zero_point=z_all,
                       scale_dtype=sd).dequantize(h.dtype)
     else:
-        w0 = gptq(w, h, f, gs, symmetric=symmetric, calibration=calibration, is_hessian=True,
+        w0 = gptq(w, None, f, gs, hessian=h, symmetric=symmetric, calibration=calibration,
                   percentile=percentile, mse_grid=mse_grid, scale_dtype=sd)
         s_all, z_all = w0.scale.astype(jnp.float32), w0.zero_point
         w0 = w0.dequantize(h.dtype)

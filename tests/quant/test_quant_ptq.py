@@ -68,7 +68,7 @@ def test_gptq_matches_numpy_reference(group_size, act_order, block):
     with jax.enable_x64(True):
         w64, x64 = jnp.asarray(np.asarray(w), jnp.float64), jnp.asarray(np.asarray(x), jnp.float64)
         h = calibration_hessian(x64)
-        q = gptq(w64, h, "int4", group_size, damp=0.01, block_size=block, act_order=act_order)
+        q = gptq(w64, None, "int4", group_size, hessian=h, damp=0.01, block_size=block, act_order=act_order)
         got = np.asarray(q.dequantize(jnp.float64))
     ref = _gptq_numpy(np.asarray(w), np.asarray(h), 4, group_size, 0.01, act_order)
     np.testing.assert_allclose(got, ref, atol=1e-5 * float(np.abs(ref).max()))
@@ -92,7 +92,7 @@ def test_quantease_objective_matches_coordinatewise_optimum():
     """One coordinate step equals the brute-force best grid value of that coordinate."""
     w, x = _problem(2, n=16, m=4, N=64)
     h = np.asarray(calibration_hessian(x), np.float64)
-    q1 = quantease(w, h, "int4", num_iters=1)
+    q1 = quantease(w, fmt="int4", hessian=jnp.asarray(h, jnp.float32), num_iters=1)
     # after a full sweep each row 15 (the last visited) is the best grid row given the others
     W = np.asarray(w, np.float64)
     Wh = np.asarray(q1.dequantize(), np.float64)
@@ -145,7 +145,7 @@ def test_awq_alpha_zero_is_rtn():
 
 def test_ptq_bad_inputs():
     w, x = _problem(6, n=32, m=8, N=40)
-    with pytest.raises(ValueError, match="x_or_hessian"):
+    with pytest.raises(ValueError, match="`x`"):
         gptq(w, x[:, :31], "int4")
     with pytest.raises(ValueError, match="`x`"):
         awq(w, x[:, :30], "int4")
@@ -157,7 +157,7 @@ def test_ptq_bad_inputs():
         quantease(w[None], x, "int4")
     with pytest.raises(ValueError, match="fmt"):
         gptq(w, x, "int12")
-    with pytest.raises(ValueError, match="x_or_hessian"):
+    with pytest.raises(ValueError, match="`x`"):
         quantease(w, x.at[0, 0].set(jnp.inf), "int4")
     with pytest.raises(ValueError, match="damp"):
         gptq(w, x, "int4", damp=-1.0)
