@@ -2,12 +2,16 @@
 
 The transformation needs the loss, not only a gradient: the loss function and the batch reach
 ``update`` as extra keyword arguments (like ``grad_fn`` in ``optax.contrib.sam``'s opaque
-mode), so it works unchanged inside ``optax.chain``, ``optax.MultiSteps`` and
+mode), so it works unchanged inside ``optax.chain`` and
 ``nnx.Optimizer(model, tx, wrt=nnx.Param)`` (whose ``update(model, grads, **kwargs)``
-forwards keyword arguments to ``tx.update``).
+forwards keyword arguments to ``tx.update``). Gradient accumulation over several mini-steps
+is built in (``accumulate_steps``); wrapping the transformation in ``optax.MultiSteps`` is
+refused, because MultiSteps calls the inner update with only the LAST mini-step's batch and
+keeps no inner state between mini-steps, so the SAM passes of the other mini-steps would be lost.
 """
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
@@ -20,10 +24,43 @@ __all__ = ["MSAMState", "msam", "sam", "msam_gradient", "msam_nnx_loss_fn"]
 
 
 class MSAMState(NamedTuple):
-    """State of :func:`msam`: a step counter and the state of the base optimizer."""
+    """State of :func:`msam`.
+
+    Attributes:
+      count: number of ``update`` calls (int32).
+      base_state: state of the base optimizer (advanced only on emitting steps).
+      mini_step: position inside the current accumulation window, ``0 .. accumulate_steps-1``.
+      acc: float32 sum of the mSAM directions of the window so far (``()`` when
+        ``accumulate_steps == 1``).
+    """
 
     count: jax.Array
     base_state: optax.OptState
+    mini_step: Any = ()
+    acc: Any = ()
+
+
+def _multisteps_k_on_stack() -> Any:
+    """The ``k_steps`` of an enclosing ``optax.MultiSteps.update`` call, or None if there is none.
+
+    MultiSteps keeps no inner state between mini-steps and hands the inner update only the
+    last mini-step's keyword arguments, so a transformation that needs the loss and batch of
+    every mini-step cannot run inside it; this lets :func:`msam` say so instead of silently
+    computing mSAM on the last mini-batch alone. Returns ``k_steps`` (an int, or an array when
+    the schedule is traced).
+    """
+    frame = inspect.currentframe()
+    try:
+        f = frame.f_back if frame is not None else None
+        while f is not None:
+            if f.f_code.co_name == "update":
+                owner = f.f_locals.get("self")
+                if isinstance(owner, optax.MultiSteps):
+                    return f.f_locals.get("k_steps", -1)
+            f = f.f_back
+        return None
+    finally:
+        del frame
 
 
 def _tree_sq_norm(tree: Any) -> jax.Array:
@@ -199,6 +236,7 @@ def msam(
     eps: float = 1e-12,
     axis_name: Optional[str] = None,
     asam_eta: float = 0.0,
+    accumulate_steps: int = 1,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Micro-batch-averaged SAM (mSAM) around any optax optimizer, in one ``update`` call.
 
@@ -226,7 +264,18 @@ def msam(
     computes them itself and ``updates`` only fixes the output structure; pass ``updates=None``
     (outside ``nnx.Optimizer``) to skip your own backward pass: the whole step then costs two
     passes over the batch, like SAM. In ``optax.chain`` put ``msam`` where the raw gradient
-    arrives (first); ``optax.MultiSteps`` forwards the keyword arguments to it unchanged.
+    arrives (first).
+
+    **Gradient accumulation** (``accumulate_steps = k > 1``, in place of ``optax.MultiSteps``).
+    Each call computes the mSAM direction :math:`d_i` of ITS batch (``m`` micro-batches, two
+    passes) at the unperturbed ``w``, adds it to a float32 sum in the state and returns zero
+    updates; the ``k``-th call applies ``base`` to :math:`\tfrac1k\sum_{i=1}^k d_i` and starts a
+    new window. With equal batch sizes this is exactly mSAM with ``m*k`` micro-batches over the
+    union of the ``k`` batches (parameters do not move inside a window), which is what a large
+    batch that does not fit in memory should compute. ``optax.MultiSteps(msam(...))`` is
+    refused with a ValueError: MultiSteps calls the inner update with the last mini-step's
+    ``batch`` only and discards the inner state of the other mini-steps, so the result would be
+    mSAM on the last mini-batch alone.
 
     **Modes.** ``"vmap"``: all micro-batches at once (m perturbed parameter copies alive);
     ``"scan"``: one micro-batch after the other (memory of plain SAM); ``axis_name``: call
@@ -247,9 +296,17 @@ def msam(
       eps: added to the ascent-gradient norm; a zero gradient gives a zero ascent step.
       axis_name: mesh axis name for the sharded mode, or None.
       asam_eta: ASAM offset ``eta`` (only with ``adaptive=True``).
+      accumulate_steps: number ``k >= 1`` of ``update`` calls (mini-steps, one batch each)
+        whose mSAM directions are averaged before one ``base`` step; the other calls return
+        zero updates.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` with state :class:`MSAMState`.
+
+    Raises:
+      ValueError: on bad hyper-parameters, a missing ``params``/``loss_fn``/``batch``, or when
+        ``update`` runs inside ``optax.MultiSteps`` with ``every_k_schedule != 1`` (use
+        ``accumulate_steps`` instead).
 
     Example:
       >>> import jax, jax.numpy as jnp, optax
@@ -270,12 +327,21 @@ def msam(
     check_choice("mode", mode, ("vmap", "scan"))
     if not isinstance(num_microbatches, int) or isinstance(num_microbatches, bool) or num_microbatches < 1:
         raise ValueError(f"`num_microbatches` must be a positive int, got {num_microbatches!r}.")
+    if not isinstance(accumulate_steps, int) or isinstance(accumulate_steps, bool) or accumulate_steps < 1:
+        raise ValueError(f"`accumulate_steps` must be a positive int, got {accumulate_steps!r}.")
     if not hasattr(base, "init") or not hasattr(base, "update"):
         raise ValueError(f"`base` must be an optax.GradientTransformation, got {type(base).__name__}.")
     base_ea = optax.with_extra_args_support(base)
+    k = accumulate_steps
 
     def init_fn(params):
-        return MSAMState(count=jnp.zeros((), jnp.int32), base_state=base_ea.init(params))
+        if k == 1:
+            return MSAMState(count=jnp.zeros((), jnp.int32), base_state=base_ea.init(params))
+        acc = jax.tree.map(lambda w: jnp.zeros(jnp.shape(w), jnp.float32), params)
+        return MSAMState(
+            count=jnp.zeros((), jnp.int32), base_state=base_ea.init(params),
+            mini_step=jnp.zeros((), jnp.int32), acc=acc,
+        )
 
     def update_fn(updates, state, params=None, *, loss_fn=None, batch=None, **extra_args):
         if params is None:
@@ -286,13 +352,42 @@ def msam(
             )
         if batch is None:
             raise ValueError("msam's update needs the keyword argument `batch` (a pytree with a leading batch axis).")
+        ms_k = _multisteps_k_on_stack()
+        if ms_k is not None and not (isinstance(ms_k, int) and ms_k == 1):
+            raise ValueError(
+                "msam/sam cannot run inside optax.MultiSteps: MultiSteps calls the inner update with "
+                "the last mini-step's `batch` only and keeps no inner state between mini-steps, so "
+                "the result would be mSAM on the last mini-batch alone. Use "
+                "msam(base, rho, num_microbatches, accumulate_steps=k) instead of "
+                "optax.MultiSteps(msam(...), every_k_schedule=k)."
+            )
+        if k > 1 and (not isinstance(state, MSAMState) or isinstance(state.acc, tuple) and state.acc == ()):
+            raise ValueError("`state` was not created by this msam's init (accumulate_steps > 1 needs its accumulator).")
         ascent = updates if num_microbatches == 1 else None
         direction = msam_gradient(
             loss_fn, params, batch, rho, num_microbatches, mode=mode, adaptive=adaptive, eps=eps,
             axis_name=axis_name, asam_eta=asam_eta, ascent_grads=ascent,
         )
-        new_updates, base_state = base_ea.update(direction, state.base_state, params, **extra_args)
-        return new_updates, MSAMState(count=optax.safe_increment(state.count), base_state=base_state)
+        count = optax.safe_increment(state.count)
+        if k == 1:
+            new_updates, base_state = base_ea.update(direction, state.base_state, params, **extra_args)
+            return new_updates, MSAMState(count=count, base_state=base_state)
+        acc = jax.tree.map(lambda a, d: a + d.astype(jnp.float32), state.acc, direction)
+        emit = state.mini_step == k - 1
+        mean = jax.tree.map(lambda a, w: (a / k).astype(w.dtype), acc, params)
+
+        def do_emit(_):
+            u, bs = base_ea.update(mean, state.base_state, params, **extra_args)
+            return u, bs
+
+        def do_hold(_):
+            shapes = jax.eval_shape(lambda: base_ea.update(mean, state.base_state, params, **extra_args)[0])
+            return jax.tree.map(lambda t: jnp.zeros(t.shape, t.dtype), shapes), state.base_state
+
+        new_updates, base_state = jax.lax.cond(emit, do_emit, do_hold, None)
+        acc = jax.tree.map(lambda a: jnp.where(emit, jnp.zeros_like(a), a), acc)
+        mini_step = jnp.where(emit, 0, state.mini_step + 1).astype(jnp.int32)
+        return new_updates, MSAMState(count=count, base_state=base_state, mini_step=mini_step, acc=acc)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -305,6 +400,7 @@ def sam(
     eps: float = 1e-12,
     axis_name: Optional[str] = None,
     asam_eta: float = 0.0,
+    accumulate_steps: int = 1,
 ) -> optax.GradientTransformationExtraArgs:
     r"""SAM (or ASAM with ``adaptive=True``): :func:`msam` with ``num_microbatches=1``.
 
@@ -313,7 +409,8 @@ def sam(
     The ascent gradient is the ``updates`` passed to ``update`` (the caller's gradient), so a
     SAM step costs two backward passes; with ``axis_name`` it is averaged over the mesh axis
     first (global SAM). Use exactly like :func:`msam`: ``update(updates, state, params,
-    loss_fn=..., batch=...)``.
+    loss_fn=..., batch=...)``; ``accumulate_steps`` as in :func:`msam` (k SAM steps on k
+    batches averaged = mSAM with k micro-batches over their union).
 
     Example:
       >>> import jax, jax.numpy as jnp, optax
@@ -325,7 +422,10 @@ def sam(
       Foret et al., "Sharpness-Aware Minimization for Efficiently Improving Generalization",
       arXiv 2010.01412; Kwon et al., "ASAM", arXiv 2102.11600.
     """
-    return msam(base, rho, 1, mode="vmap", adaptive=adaptive, eps=eps, axis_name=axis_name, asam_eta=asam_eta)
+    return msam(
+        base, rho, 1, mode="vmap", adaptive=adaptive, eps=eps, axis_name=axis_name, asam_eta=asam_eta,
+        accumulate_steps=accumulate_steps,
+    )
 
 
 def msam_nnx_loss_fn(model: Any, loss: Callable[..., jax.Array], wrt: Any = None) -> Callable[[Any, Any], jax.Array]:

@@ -1,5 +1,6 @@
 """mSAM / SAM / ASAM: against optax.contrib.sam (opaque mode), a hand-written micro-batch loop,
-across modes and 8-device sharding, inside nnx.Optimizer / optax.chain / optax.MultiSteps."""
+across modes and 8-device sharding, inside nnx.Optimizer / optax.chain; gradient accumulation (accumulate_steps) against a hand-written
+loop with different batches per mini-step, and refusal inside optax.MultiSteps."""
 import functools
 
 import jax
@@ -196,15 +197,63 @@ def test_chain_and_multisteps(setup):
     ref = jax.tree.map(lambda d: -0.1 * d, _ref_msam_direction(params, batch, 0.05, 4))
     _close(u, ref)
 
-    ms = optax.MultiSteps(msam(optax.sgd(0.1), 0.05, 2), every_k_schedule=2)
+
+
+@pytest.mark.parametrize("m", [1, 2])
+def test_multisteps_wrapping_is_refused(setup, m):
+    """MultiSteps hands the inner update only the last mini-step's batch: refuse, name the fix."""
+    params, batch = setup
+    ms = optax.MultiSteps(msam(optax.sgd(0.1), 0.05, m), every_k_schedule=2)
     st = ms.init(params)
     g = jax.grad(_loss)(params, batch)
-    step = jax.jit(lambda g, st, p, b: ms.update(g, st, p, loss_fn=_loss, batch=b))
-    u1, st = step(g, st, params, batch)
-    assert all(float(jnp.abs(x).max()) == 0.0 for x in jax.tree.leaves(u1))  # accumulating
-    u2, st = step(g, st, params, batch)
-    ref2 = jax.tree.map(lambda d: -0.1 * d, _ref_msam_direction(params, batch, 0.05, 2))
-    _close(u2, ref2)
+    with pytest.raises(ValueError, match="accumulate_steps"):
+        jax.jit(lambda g, st, p, b: ms.update(g, st, p, loss_fn=_loss, batch=b))(g, st, params, batch)
+    # also when nested in a chain inside MultiSteps
+    ms2 = optax.MultiSteps(optax.chain(optax.identity(), msam(optax.sgd(0.1), 0.05, m)), every_k_schedule=3)
+    with pytest.raises(ValueError, match="MultiSteps"):
+        ms2.update(g, ms2.init(params), params, loss_fn=_loss, batch=batch)
+    # every_k_schedule=1 is a pass-through and stays allowed
+    ms1 = optax.MultiSteps(msam(optax.sgd(0.1), 0.05, 2), every_k_schedule=1)
+    u, _ = jax.jit(lambda g, st, p, b: ms1.update(g, st, p, loss_fn=_loss, batch=b))(g, ms1.init(params), params, batch)
+    _close(u, jax.tree.map(lambda d: -0.1 * d, _ref_msam_direction(params, batch, 0.05, 2)))
+
+
+@pytest.mark.parametrize("m,k,mode", [(2, 3, "vmap"), (1, 2, "vmap"), (4, 2, "scan")])
+def test_accumulate_steps_different_batches_equal_handwritten_loop(setup, m, k, mode):
+    """k mini-steps with DIFFERENT batches: the emitted update is base(mean_i mSAM_m(batch_i)),
+    i.e. mSAM with m*k micro-batches over the union; params stay put inside a window; base
+    state (momentum) advances once per window. Two windows, against a hand-written loop."""
+    params, _ = setup
+    batches = [_batch(jax.random.key(100 + i)) for i in range(2 * k)]
+    base = optax.sgd(0.1, momentum=0.9)
+    tx = msam(base, 0.05, m, mode=mode, accumulate_steps=k)
+    step = jax.jit(lambda g, st, p, b: tx.update(g, st, p, loss_fn=_loss, batch=b))
+
+    p, st = params, tx.init(params)
+    # reference: hand-written loop, one base step per window on the mean mSAM direction
+    rp, rst = params, base.init(params)
+    for w in range(2):
+        for i in range(k):
+            b = batches[w * k + i]
+            u, st = step(jax.grad(_loss)(p, b), st, p, b)
+            if i < k - 1:
+                assert all(float(jnp.abs(x).max()) == 0.0 for x in jax.tree.leaves(u))
+            p = optax.apply_updates(p, u)
+        dirs = [_ref_msam_direction(rp, batches[w * k + i], 0.05, m) for i in range(k)]
+        mean = jax.tree.map(lambda *d: sum(d) / k, *dirs)
+        ru, rst = base.update(mean, rst, rp)
+        rp = optax.apply_updates(rp, ru)
+        _close(p, rp, rtol=1e-4, atol=1e-6)
+    # the union view: one window == mSAM with m*k micro-batches over the concatenated batch
+    union = jax.tree.map(lambda *x: jnp.concatenate(x), *batches[:k])
+    d_union = _ref_msam_direction(params, union, 0.05, m * k)
+    tx1 = msam(optax.sgd(1.0), 0.05, m, accumulate_steps=k)
+    st1, p1 = tx1.init(params), params
+    for i in range(k):
+        u1, st1 = tx1.update(None if m > 1 else jax.grad(_loss)(params, batches[i]), st1, params,
+                             loss_fn=_loss, batch=batches[i])
+    _close(u1, jax.tree.map(lambda d: -d, d_union), rtol=1e-4, atol=1e-6)
+    assert int(st.count) == 2 * k and int(st.mini_step) == 0
 
 
 class _BNNet(nnx.Module):
@@ -284,6 +333,9 @@ def test_bad_input(setup):
         msam(optax.sgd(0.1), 0.1, 0)
     with pytest.raises(ValueError, match="mode"):
         msam(optax.sgd(0.1), 0.1, 2, mode="loop")
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="accumulate_steps"):
+            msam(optax.sgd(0.1), 0.1, 2, accumulate_steps=bad)
     tx = msam(optax.sgd(0.1), 0.1, 5)
     with pytest.raises(ValueError, match="divisible by `num_microbatches`"):
         tx.update(None, tx.init(params), params, loss_fn=_loss, batch=batch)
