@@ -8,13 +8,18 @@ and physical shrinking of pruned Flax NNX layers.
 * :mod:`~jaxeff.prune.optax_wrapper`: ``sparsify(tx, schedule, scorer)`` + schedules;
 * :mod:`~jaxeff.prune.oneshot`: ``sparsegpt``, ``wanda``;
 * :mod:`~jaxeff.prune.osscar`: ``osscar`` (MLP neurons), ``osscar_heads`` (attention heads);
-* :mod:`~jaxeff.prune.shrinking`: ``shrink`` a Flax NNX model to its kept neurons / heads.
+* :mod:`~jaxeff.prune.shrinking`: ``prune_structured`` (OSSCAR over MLP neurons, heads, KV
+  groups of any layer kind), ``shrink`` a Flax NNX model to its kept groups, ``group_masks``;
+* :mod:`~jaxeff.prune.model`: ``prune_model`` (SparseGPT / Wanda / magnitude on every weight
+  site of a model: ``nnx.Linear``, ``LinearGeneral``, ``Einsum``, einsum-style user layers).
 """
 from jaxeff.prune.masks import apply_masks, mask_sparsity, nm_mask, structured_mask, unstructured_mask
 from jaxeff.prune.oneshot import LayerHessian, layer_hessian, sparsegpt, wanda
 from jaxeff.prune.osscar import least_squares_refit, osscar, osscar_heads, structured_reconstruction_error
 from jaxeff.prune.scores import default_prunable, magnitude_scores, random_scores, snip_scores, wanda_scores
-from jaxeff.prune.shrinking import ATTENTION_PATTERN, MLP_PATTERN, ShrinkPattern, find_prunable_blocks, prune_structured, shrink
+from jaxeff.prune.shrinking import (ATTENTION_PATTERN, GQA_ATTENTION_PATTERN, MLP_PATTERN, ShrinkPattern, find_prunable_blocks,
+                                   group_masks, prune_structured, shrink)
+from jaxeff.prune.model import PrunedSite, PruneSummary, model_masks, prune_model
 from jaxeff.prune.optax_wrapper import (
     CubicSchedule,
     OneShotSchedule,
@@ -58,7 +63,13 @@ __all__ = [
     "ShrinkPattern",
     "MLP_PATTERN",
     "ATTENTION_PATTERN",
+    "GQA_ATTENTION_PATTERN",
     "find_prunable_blocks",
+    "group_masks",
     "prune_structured",
     "shrink",
+    "prune_model",
+    "PruneSummary",
+    "PrunedSite",
+    "model_masks",
 ]

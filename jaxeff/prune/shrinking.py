@@ -1,24 +1,30 @@
-"""Physically remove pruned MLP neurons and attention heads from a Flax NNX model.
+"""Physically remove pruned MLP neurons, attention heads and KV groups from a Flax NNX model.
 
 Masking a neuron keeps the model's size and speed; :func:`shrink` slices the weights so the
 model really is smaller and faster. It works on any module that follows a
-:class:`ShrinkPattern`, i.e. has ``nnx.Linear`` attributes that
+:class:`ShrinkPattern`, i.e. has weight-layer attributes (any layer kind with a
+:class:`~jaxeff._core.layers.WeightSite`: ``nnx.Linear``, ``nnx.LinearGeneral``,
+``nnx.Einsum``, einsum-style user modules like tunix's ``Einsum``) that
 
-* *produce* the pruned hidden axis on their output (``kernel[:, j]``, ``bias[j]``): MLP
-  ``up`` and ``gate`` (GLU), attention ``q``, ``k``, ``v``; and
-* *consume* it on their input (``kernel[j, :]``): MLP ``down``, attention ``o``.
+* *produce* the pruned hidden axis on their **output axes** (``kernel[:, j]``, ``bias[j]``;
+  tunix ``q_proj`` ``w[:, n, :]``): MLP ``up``/``gate``, attention ``q``, ``k``, ``v``; and
+* *consume* it on their **contracted axes** (``kernel[j, :]``; tunix ``o_proj``
+  ``w[n, :, :]``): MLP ``down``, attention ``o``.
 
-Built-in patterns: :data:`MLP_PATTERN` (producers ``up``/``gate``/``fc1``/``wi``, consumers
-``down``/``fc2``/``wo``: ``down(act(up(x)) [* gate(x)])``) and :data:`ATTENTION_PATTERN`
-(producers ``q``/``k``/``v``, consumer ``o``, head count in the attribute ``num_heads``, read
-by the module at call time with ``head_dim = q_out // num_heads``; k/v must have as many
-heads as q). Write your own ``ShrinkPattern`` for other attribute names.
+Built-in patterns: :data:`MLP_PATTERN` (producers ``up``/``gate``/``fc1``/``wi``/
+``up_proj``/``gate_proj``, consumers ``down``/``fc2``/``wo``/``down_proj``:
+``down(act(up(x)) [* gate(x)])``, SwiGLU included), :data:`ATTENTION_PATTERN` (producers
+``q``/``k``/``v``, consumer ``o``, head count in the attribute ``num_heads``; k/v have as many
+heads as q) and :data:`GQA_ATTENTION_PATTERN` (Hugging Face / tunix names ``q_proj``,
+``k_proj``/``v_proj`` (KV heads), ``o_proj``; a group is one KV head with its
+``num_heads / num_kv_heads`` query heads, so pruning keeps grouped-query attention valid).
+Write your own ``ShrinkPattern`` for other attribute names.
 
-A group (neuron, or ``head_dim`` consecutive hidden units for a head) is removable exactly
-when all its consumer rows are zero: then its activations are multiplied by zero and removing
-it leaves the function unchanged. By default :func:`shrink` removes every such group (e.g.
-after :func:`~jaxeff.prune.osscar`, which zeroes dropped rows); an explicit ``keep`` dict
-selects groups instead (the result then equals the model masked to those groups).
+A group (neuron, head or KV group) is removable exactly when all its consumer rows are zero:
+then its activations are multiplied by zero and removing it leaves the function unchanged.
+By default :func:`shrink` removes every such group (e.g. after :func:`prune_structured`,
+which zeroes dropped rows); an explicit ``keep`` dict selects groups instead (the result then
+equals the model masked to those groups).
 
 References:
   OSSCAR (arXiv 2403.12983); "Efficient AI in Practice" (arXiv 2502.14305).
@@ -26,13 +32,14 @@ References:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxeff._core.layers import WeightSite, static_sites
 from jaxeff._core.validation import check_choice, check_in_range
 from jaxeff.prune.osscar import least_squares_refit, osscar, osscar_heads
 
@@ -40,7 +47,9 @@ __all__ = [
     "ShrinkPattern",
     "MLP_PATTERN",
     "ATTENTION_PATTERN",
+    "GQA_ATTENTION_PATTERN",
     "shrink",
+    "group_masks",
     "find_prunable_blocks",
     "prune_structured",
 ]
@@ -48,44 +57,179 @@ __all__ = [
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ShrinkPattern:
-    """Which ``nnx.Linear`` attributes of a module share a prunable hidden axis.
+    """Which weight-layer attributes of a module share a prunable hidden axis.
+
+    The attributes may be any layer with a weight site (``nnx.Linear``, ``nnx.LinearGeneral``,
+    ``nnx.Einsum``, einsum-style user modules such as tunix's ``Einsum``, classes added with
+    :func:`~jaxeff._core.layers.register_layer_kind`): a producer's hidden axis is its
+    **output** axes, a consumer's hidden axis is its **contracted** axes (flattened row-major
+    over the weight's axes in ascending order; e.g. tunix's ``q_proj`` ``DNH`` outputs
+    ``(N, H)`` and ``o_proj`` ``NHD`` contracts ``(N, H)``).
 
     Attributes:
-      producers: attribute names whose *output* axis is the hidden axis (present ones are used,
-        at least one must be present).
-      consumers: attribute names whose *input* axis is the hidden axis (at least one present).
-      heads_attr: for attention, the module attribute holding the number of heads (groups are
-        ``hidden // num_heads`` consecutive units and the attribute is updated); None for MLPs.
+      producers: attribute names whose output is the hidden axis (present ones are used, at
+        least one must be present).
+      consumers: attribute names whose input is the hidden axis (at least one present).
+      heads_attr: for attention, the module attribute holding the number of (query) heads;
+        groups are whole heads of ``head_dim`` units. The head count is read from a producer /
+        consumer with a ``(heads, head_dim)`` pair of hidden axes when there is one (then the
+        attribute, if an instance attribute, must agree), else from this attribute. None for MLPs.
+      kv_producers: grouped-query attention: producers of the key/value heads (e.g.
+        ``k_proj``, ``v_proj``). Groups are then whole KV groups: one KV head (``head_dim``
+        units of every kv producer) together with its ``num_heads / num_kv_heads`` query heads
+        (query head ``h`` uses KV head ``h // (num_heads / num_kv_heads)``, as in Hugging Face's
+        ``repeat_kv`` and tunix), so the ratio stays an integer after pruning.
+      kv_heads_attr: the module attribute holding the KV head count (updated when present).
     """
 
     producers: tuple[str, ...]
     consumers: tuple[str, ...]
     heads_attr: str | None = None
+    kv_producers: tuple[str, ...] = ()
+    kv_heads_attr: str | None = None
+
+    def __post_init__(self):
+        for f in ("producers", "consumers", "kv_producers"):
+            v = getattr(self, f)
+            if not isinstance(v, tuple) or not all(isinstance(n, str) for n in v):
+                raise ValueError(f"ShrinkPattern.{f} must be a tuple of attribute names, got {v!r}.")
+        if not self.producers or not self.consumers:
+            raise ValueError("ShrinkPattern needs at least one producer and one consumer name.")
+        if self.kv_producers and self.heads_attr is None:
+            raise ValueError("ShrinkPattern with `kv_producers` (grouped-query attention) needs `heads_attr`.")
 
 
-MLP_PATTERN = ShrinkPattern(producers=("up", "gate", "fc1", "wi"), consumers=("down", "fc2", "wo"))
+MLP_PATTERN = ShrinkPattern(producers=("up", "gate", "fc1", "wi", "up_proj", "gate_proj"),
+                            consumers=("down", "fc2", "wo", "down_proj"))
 ATTENTION_PATTERN = ShrinkPattern(producers=("q", "k", "v"), consumers=("o",), heads_attr="num_heads")
+GQA_ATTENTION_PATTERN = ShrinkPattern(producers=("q_proj",), kv_producers=("k_proj", "v_proj"), consumers=("o_proj",),
+                                      heads_attr="num_heads", kv_heads_attr="num_kv_heads")
+DEFAULT_PATTERNS = (MLP_PATTERN, ATTENTION_PATTERN, GQA_ATTENTION_PATTERN)
+
+_HEAD_FIELDS = ("num_heads", "num_attention_heads", "n_heads", "num_query_heads")
+_KV_FIELDS = ("num_kv_heads", "num_key_value_heads", "n_kv_heads")
+_WIDTH_FIELDS = ("hidden_dim", "intermediate_size", "ffn_dim", "d_ff", "mlp_dim", "ffw_dim")
 
 
 def _path_str(path: tuple) -> str:
     return ".".join(str(p) for p in path)
 
 
-def _linears(module: Any, names: Sequence[str]) -> list[tuple[str, nnx.Linear]]:
-    out = []
+def _join(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+def _hidden_axes(site: WeightSite, role: str) -> tuple[int, ...]:
+    return site.out if role == "producer" else site.contract
+
+
+def _hidden_shape(site: WeightSite, role: str) -> tuple[int, ...]:
+    return tuple(site.shape[a] for a in _hidden_axes(site, role))
+
+
+def _has_weights(m: Any) -> bool:
+    return isinstance(m, nnx.Module) and any(
+        isinstance(v, nnx.Param) and np.ndim(v.get_value()) >= 2 for v in vars(m).values())
+
+
+def _members(module: Any, path: str, names: Sequence[str], sites: Mapping[str, WeightSite]):
+    out, unknown = [], []
     for n in names:
-        v = getattr(module, n, None)
-        if isinstance(v, nnx.Linear):
-            out.append((n, v))
-    return out
+        s = sites.get(_join(path, n))
+        if s is not None:
+            out.append((n, s))
+        elif _has_weights(getattr(module, n, None)):
+            unknown.append(n)
+    return out, unknown
 
 
-def find_prunable_blocks(model: nnx.Module, patterns: Sequence[ShrinkPattern] = (MLP_PATTERN, ATTENTION_PATTERN)):
+def _instance_int(module: Any, name: str | None):
+    if name is None:
+        return None
+    v = vars(module).get(name)
+    return int(v) if isinstance(v, (int, np.integer)) and not isinstance(v, bool) else None
+
+
+def _block_info(path: str, module: Any, pat: ShrinkPattern, sites: Mapping[str, WeightSite]) -> dict | None:
+    prods, u1 = _members(module, path, pat.producers, sites)
+    cons, u2 = _members(module, path, pat.consumers, sites)
+    kvs, u3 = _members(module, path, pat.kv_producers, sites)
+    if not (prods or u1) or not (cons or u2):
+        return None
+    if u1 or u2 or u3:
+        raise ValueError(
+            f"{path!r}: layers {[_join(path, n) for n in u1 + u2 + u3]} hold weights but their layer kind is not "
+            "recognized; describe them with jaxeff._core.layers.register_layer_kind or pass traced `sites`."
+        )
+    if pat.kv_producers and not kvs:
+        return None
+    for n, s in prods + cons + kvs:
+        if s.batch:
+            raise ValueError(f"{s.full_path!r} has batch axes {s.batch} (one matrix per index): structured "
+                             "pruning of batched weights is not supported.")
+    q_stream = [(n, s, "producer") for n, s in prods] + [(n, s, "consumer") for n, s in cons]
+    hidden = int(np.prod(_hidden_shape(cons[0][1], "consumer")))
+    for n, s, role in q_stream:
+        w = int(np.prod(_hidden_shape(s, role)))
+        if w != hidden:
+            verb = "produces" if role == "producer" else "consumes"
+            raise ValueError(f"{_join(path, n)} {verb} width {w}, expected {hidden}.")
+    nh = nkv = hd = None
+    gs, kv_gs, G = 1, 0, hidden
+    if pat.heads_attr is not None:
+        pairs = {_hidden_shape(s, role) for _, s, role in q_stream if len(_hidden_shape(s, role)) == 2}
+        if len(pairs) > 1:
+            raise ValueError(f"{path!r}: the (heads, head_dim) axes of its layers disagree: {sorted(pairs)}.")
+        attr = _instance_int(module, pat.heads_attr)
+        if pairs:
+            nh, hd = next(iter(pairs))
+            if attr is not None and attr != nh:
+                raise ValueError(f"{_join(path, pat.heads_attr)} = {attr}, but the weights have {nh} heads.")
+        else:
+            h = getattr(module, pat.heads_attr, None)
+            if not isinstance(h, (int, np.integer)) or h < 1 or hidden % h:
+                raise ValueError(f"{_join(path, pat.heads_attr)} must be a positive int dividing {hidden}, got {h!r}.")
+            nh, hd = int(h), hidden // int(h)
+        if kvs:
+            kv_hidden = int(np.prod(_hidden_shape(kvs[0][1], "producer")))
+            for n, s in kvs:
+                shp = _hidden_shape(s, "producer")
+                if int(np.prod(shp)) != kv_hidden or (len(shp) == 2 and shp[1] != hd):
+                    raise ValueError(f"{_join(path, n)} produces {shp}, expected {kv_hidden} units in heads of {hd}.")
+            if kv_hidden % hd:
+                raise ValueError(f"{path!r}: key/value width {kv_hidden} is not a multiple of head_dim {hd}.")
+            nkv = kv_hidden // hd
+            attr = _instance_int(module, pat.kv_heads_attr)
+            if attr is not None and attr != nkv:
+                raise ValueError(f"{_join(path, pat.kv_heads_attr)} = {attr}, but the weights have {nkv} KV heads.")
+            if nh % nkv:
+                raise ValueError(f"{path!r}: {nh} query heads are not a multiple of {nkv} KV heads.")
+            G, gs, kv_gs = nkv, (nh // nkv) * hd, hd
+        else:
+            G, gs = nh, hd
+    return dict(hidden=hidden, group_size=gs, num_groups=G, producers=[n for n, _ in prods],
+                consumers=[n for n, _ in cons], kv_producers=[n for n, _ in kvs], kv_group_size=kv_gs,
+                num_heads=nh, num_kv_heads=nkv, head_dim=hd, sites={n: s for n, s in prods + cons + kvs})
+
+
+def find_prunable_blocks(model: nnx.Module, patterns: Sequence[ShrinkPattern] = DEFAULT_PATTERNS, *,
+                         sites: Mapping[str, WeightSite] | None = None):
     """List the modules of ``model`` matching a pattern, as ``{path: (module, pattern, info)}``.
 
-    ``info`` has ``hidden`` (width of the shared axis), ``group_size``, ``num_groups``,
-    ``producers`` and ``consumers`` (attribute names found). Paths are dotted strings, e.g.
-    ``"blocks.0.mlp"``.
+    ``info`` has ``hidden`` (width of the shared axis of the producers/consumers),
+    ``group_size`` (their units per group), ``num_groups``, ``producers``, ``consumers`` and
+    ``kv_producers`` (attribute names found), ``kv_group_size`` (units per group of the kv
+    producers), ``num_heads``, ``num_kv_heads``, ``head_dim`` (None for MLPs) and ``sites``
+    (``{attribute: WeightSite}``). Paths are dotted strings, e.g. ``"layers.0.mlp"``.
+
+    Args:
+      model: a Flax NNX model.
+      patterns: the :class:`ShrinkPattern` s to look for (first match per module wins);
+        default MLP (incl. SwiGLU ``gate_proj``/``up_proj``/``down_proj``), CharLM-style
+        attention (``q``/``k``/``v``/``o``) and grouped-query attention
+        (``q_proj``/``k_proj``/``v_proj``/``o_proj``).
+      sites: weight sites to use (default :func:`~jaxeff._core.layers.static_sites`; pass
+        ``find_weight_sites(model, *inputs)`` for traced user layers).
 
     Example:
       >>> class MLP(nnx.Module):
@@ -94,32 +238,23 @@ def find_prunable_blocks(model: nnx.Module, patterns: Sequence[ShrinkPattern] = 
       >>> list(find_prunable_blocks(MLP()))
       ['']
     """
+    patterns = tuple(patterns)
+    for p in patterns:
+        if not isinstance(p, ShrinkPattern):
+            raise ValueError(f"`patterns` must hold ShrinkPattern objects, got {p!r}.")
+    sites = static_sites(model) if sites is None else sites
+    by_full = {s.full_path: s for s in sites.values()}
+    by_mod = {}
+    for s in by_full.values():
+        by_mod.setdefault(s.path, s)
     found = {}
     for path, module in nnx.iter_modules(model):
+        ps = _path_str(path)
         for pat in patterns:
-            prods = _linears(module, pat.producers)
-            cons = _linears(module, pat.consumers)
-            if not prods or not cons:
-                continue
-            hidden = cons[0][1].kernel.shape[0]
-            for n, lin in prods:
-                if lin.kernel.shape[-1] != hidden:
-                    raise ValueError(f"{_path_str(path)}.{n} produces width {lin.kernel.shape[-1]}, expected {hidden}.")
-            for n, lin in cons:
-                if lin.kernel.shape[0] != hidden:
-                    raise ValueError(f"{_path_str(path)}.{n} consumes width {lin.kernel.shape[0]}, expected {hidden}.")
-            if pat.heads_attr is not None:
-                h = getattr(module, pat.heads_attr, None)
-                if not isinstance(h, (int, np.integer)) or h < 1 or hidden % h:
-                    raise ValueError(
-                        f"{_path_str(path)}.{pat.heads_attr} must be a positive int dividing {hidden}, got {h!r}."
-                    )
-                gs = hidden // int(h)
-            else:
-                gs = 1
-            found[_path_str(path)] = (module, pat, dict(hidden=hidden, group_size=gs, num_groups=hidden // gs,
-                                                       producers=[n for n, _ in prods], consumers=[n for n, _ in cons]))
-            break
+            info = _block_info(ps, module, pat, by_mod)
+            if info is not None:
+                found[ps] = (module, pat, info)
+                break
     return found
 
 
@@ -137,28 +272,120 @@ def _keep_vector(spec: Any, num_groups: int, path: str) -> np.ndarray:
     return v
 
 
+def _units(kv: np.ndarray, gs: int) -> np.ndarray:
+    return (np.nonzero(kv)[0][:, None] * gs + np.arange(gs)[None, :]).reshape(-1)
+
+
+def _take_units(a: jax.Array, axes: tuple[int, ...], units: np.ndarray, what: str) -> jax.Array:
+    """Keep the hidden ``units`` (flat row-major indices over ``axes``) of ``a``."""
+    if len(axes) == 1:
+        return jnp.take(a, jnp.asarray(units), axis=axes[0])
+    inner = int(np.prod([a.shape[x] for x in axes[1:]]))
+    u = np.asarray(units).reshape(-1)
+    blocks = u.reshape(-1, inner) if u.size % inner == 0 else None
+    if blocks is None or np.any(blocks != blocks[:, :1] + np.arange(inner)) or np.any(blocks[:, 0] % inner):
+        raise ValueError(f"{what}: groups must be whole slices of its leading hidden axis {a.shape[axes[0]]} "
+                         f"(blocks of {inner} units).")
+    return jnp.take(a, jnp.asarray(blocks[:, 0] // inner), axis=axes[0])
+
+
+def _replace_shape_attrs(module: Any, old: tuple[int, ...], new: tuple[int, ...]) -> None:
+    for k, v in list(vars(module).items()):
+        if isinstance(v, (tuple, list)) and not isinstance(v, nnx.Variable) and len(v) == len(old) \
+                and all(isinstance(x, (int, np.integer)) for x in v) and tuple(v) == old:
+            setattr(module, k, type(v)(new) if isinstance(v, list) else tuple(new))
+
+
+def _resize_weight(module: Any, site: WeightSite, role: str, units: np.ndarray) -> None:
+    """Slice ``module``'s weight (and, for a producer, its output-shaped biases) to ``units``."""
+    axes = _hidden_axes(site, role)
+    var = getattr(module, site.name)
+    w = var.get_value()
+    old = tuple(w.shape)
+    w_new = _take_units(w, axes, units, site.full_path)
+    var.set_value(w_new)
+    new = tuple(w_new.shape)
+    if isinstance(module, nnx.Linear):
+        module.in_features, module.out_features = int(new[0]), int(new[1])
+    elif isinstance(module, nnx.LinearGeneral):
+        module.in_features = tuple(int(new[a]) for a in site.contract)
+        module.out_features = tuple(int(new[a]) for a in site.out)
+    else:
+        _replace_shape_attrs(module, old, new)
+    if role != "producer":
+        return
+    hshape = tuple(old[a] for a in axes)
+    for k, v in list(vars(module).items()):
+        if k == site.name or not isinstance(v, nnx.Param):
+            continue
+        b = v.get_value()
+        if b is None:
+            continue
+        if tuple(np.shape(b)) == hshape:
+            nb = _take_units(b, tuple(range(len(hshape))), units, _join(site.path, k))
+            v.set_value(nb)
+            if not isinstance(module, (nnx.Linear, nnx.LinearGeneral)):
+                _replace_shape_attrs(module, hshape, tuple(nb.shape))
+        elif np.ndim(b) >= 1:
+            raise ValueError(f"{_join(site.path, k)} of shape {tuple(np.shape(b))} sits in the producer "
+                             f"{site.path!r} but is not shaped like its output {hshape}: cannot resize it.")
+
+
+def _update_counts(module: Any, names: Sequence[str], old: int | None, new: int) -> None:
+    """Set integer attributes ``names`` of ``module`` (and of a dataclass ``config``) from ``old`` to ``new``."""
+    if old is None:
+        return
+    for n in names:
+        if _instance_int(module, n) == old:
+            setattr(module, n, int(new))
+    cfg = vars(module).get("config")
+    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+        upd = {f.name: int(new) for f in dataclasses.fields(cfg)
+               if f.name in names and getattr(cfg, f.name) == old and isinstance(getattr(cfg, f.name), int)}
+        if upd:
+            module.config = dataclasses.replace(cfg, **upd)
+
+
+def _inferred_keep(module: Any, info: dict) -> np.ndarray:
+    G, gs = info["num_groups"], info["group_size"]
+    nz = np.zeros(G, bool)
+    for n in info["consumers"]:
+        s = info["sites"][n]
+        k = np.asarray(s.matrix(getattr(getattr(module, n), s.name).get_value()))
+        nz |= np.any(k.reshape(G, gs * k.shape[1]) != 0, axis=1)
+    return nz
+
+
 def shrink(
     model: nnx.Module,
     keep: Mapping[str, Any] | None = None,
     *,
-    patterns: Sequence[ShrinkPattern] = (MLP_PATTERN, ATTENTION_PATTERN),
+    patterns: Sequence[ShrinkPattern] = DEFAULT_PATTERNS,
+    sites: Mapping[str, WeightSite] | None = None,
 ) -> nnx.Module:
-    """Return a copy of ``model`` with pruned neurons / heads physically removed.
+    """Return a copy of ``model`` with pruned neurons / heads / KV groups physically removed.
 
     For each module matching a pattern (see :func:`find_prunable_blocks`), the kept groups
-    ``K`` are ``keep[path]`` (boolean ``[num_groups]`` mask or indices) if given, else the groups
-    with a nonzero consumer row. Then producers become ``kernel[:, K]``, ``bias[K]``, consumers
-    ``kernel[K, :]`` (their bias is unchanged) and for attention ``num_heads = |K|``. The result
-    computes exactly the function of the model whose dropped consumer rows are zero. At least
-    one group is kept per module (a module whose groups are all dropped keeps one zeroed group).
+    ``K`` are ``keep[path]`` (boolean ``[num_groups]`` mask or indices) if given, else the
+    groups with a nonzero consumer row. Producers keep the output units of ``K`` (``kernel[:, K]``
+    of an ``nnx.Linear``, ``w[:, K]`` of a tunix ``DNH`` einsum, and biases shaped like the
+    output), consumers the input units (``kernel[K, :]``; their bias is unchanged). Layer
+    metadata follows the weights: ``in_features``/``out_features``, an einsum module's shape
+    tuple, and the integer head counts (``num_heads``/``num_kv_heads`` and their Hugging Face
+    spellings, on the module and on a dataclass ``config`` it holds; for a GQA block the
+    query/KV ratio is unchanged). The result computes exactly the function of the model whose
+    dropped consumer rows are zero. At least one group is kept per module (a module whose groups
+    are all dropped keeps one zeroed group).
 
     Args:
       model: a Flax NNX module (not modified).
-      keep: optional ``{module path: kept groups}``, e.g. ``{"blocks.0.mlp": kept_indices}``
-        from :func:`~jaxeff.prune.osscar`.
+      keep: optional ``{module path: kept groups}``, e.g. ``{"layers.0.mlp": kept_indices}``
+        from :func:`prune_structured`; for GQA blocks groups are KV groups.
       patterns: the :class:`ShrinkPattern` s to look for.
+      sites: weight sites (default: static recognition of the layer kinds).
     Returns:
-      The smaller model (a new object).
+      The smaller model (a new object). A model-level config object (e.g. tunix's
+      ``Llama3.config``) is not rewritten: widths can now differ per layer.
 
     Example:
       >>> class MLP(nnx.Module):
@@ -172,77 +399,153 @@ def shrink(
     """
     keep = dict(keep or {})
     new = nnx.clone(model)
-    blocks = find_prunable_blocks(new, patterns)
+    blocks = find_prunable_blocks(new, patterns, sites=sites if sites is None else _resited(new, sites))
     unknown = set(keep) - set(blocks)
     if unknown:
         raise ValueError(f"`keep` names modules that match no pattern: {sorted(unknown)}; found {sorted(blocks)}.")
     for path, (module, pat, info) in blocks.items():
-        G, gs = info["num_groups"], info["group_size"]
-        cons = [getattr(module, n) for n in info["consumers"]]
-        prods = [getattr(module, n) for n in info["producers"]]
-        if path in keep:
-            kv = _keep_vector(keep[path], G, path)
-        else:
-            nz = np.zeros(G, bool)
-            for lin in cons:
-                k = np.asarray(lin.kernel[...])
-                nz |= np.any(k.reshape(G, gs * k.shape[1]) != 0, axis=1)
-            kv = nz
+        G, gs, kv_gs = info["num_groups"], info["group_size"], info["kv_group_size"]
+        kv = _keep_vector(keep[path], G, path) if path in keep else _inferred_keep(module, info)
         if kv.all():
             continue
         if not kv.any():
             kv = kv.copy()
             kv[0] = True
-            for lin in cons:  # the kept placeholder group contributes nothing
-                k = lin.kernel[...]
-                lin.kernel.set_value(k.at[:gs].set(0))
-        idx = (np.nonzero(kv)[0][:, None] * gs + np.arange(gs)[None, :]).reshape(-1)
-        idx = jnp.asarray(idx)
-        for lin in prods:
-            lin.kernel.set_value(lin.kernel[...][..., idx])
-            if lin.bias is not None:
-                lin.bias.set_value(lin.bias[...][idx])
-            lin.out_features = int(idx.size)
-        for lin in cons:
-            lin.kernel.set_value(lin.kernel[...][idx])
-            lin.in_features = int(idx.size)
+            for n in info["consumers"]:  # the kept placeholder group contributes nothing
+                s = info["sites"][n]
+                var = getattr(getattr(module, n), s.name)
+                m = s.matrix(var.get_value())
+                var.set_value(s.unmatrix(m.at[:gs].set(0)))
+        units = _units(kv, gs)
+        for n in info["producers"]:
+            _resize_weight(getattr(module, n), info["sites"][n], "producer", units)
+        for n in info["consumers"]:
+            _resize_weight(getattr(module, n), info["sites"][n], "consumer", units)
+        for n in info["kv_producers"]:
+            _resize_weight(getattr(module, n), info["sites"][n], "producer", _units(kv, kv_gs))
+        kept = int(kv.sum())
         if pat.heads_attr is not None:
-            setattr(module, pat.heads_attr, int(kv.sum()))
+            nh, nkv = info["num_heads"], info["num_kv_heads"]
+            if nkv is None:
+                _update_counts(module, (pat.heads_attr,) + _HEAD_FIELDS, nh, kept)
+            else:
+                _update_counts(module, (pat.heads_attr,) + _HEAD_FIELDS, nh, kept * (nh // nkv))
+                _update_counts(module, ((pat.kv_heads_attr,) if pat.kv_heads_attr else ()) + _KV_FIELDS, nkv, kept)
+        else:
+            _update_counts(module, _WIDTH_FIELDS, info["hidden"], kept * gs)
     return new
+
+
+def _resited(model: nnx.Module, sites: Mapping[str, WeightSite]) -> dict[str, WeightSite]:
+    """Sites with shapes refreshed from ``model`` (after clone / earlier resizing)."""
+    from jaxeff._core.layers import get_by_path
+
+    out = {}
+    for k, s in sites.items():
+        v = getattr(get_by_path(model, s.path) if s.path else model, s.name)
+        out[k] = s.with_shape(tuple(np.shape(v.get_value())))
+    return out
+
+
+def group_masks(
+    model: nnx.Module,
+    keep: Mapping[str, Any],
+    *,
+    patterns: Sequence[ShrinkPattern] = DEFAULT_PATTERNS,
+    sites: Mapping[str, WeightSite] | None = None,
+) -> Any:
+    """Structured keep-masks of the groups ``keep`` as a pytree shaped like the model's params.
+
+    For every block named in ``keep`` the producers' output units, the kv producers' units,
+    the producers' output-shaped biases and the consumers' input units of dropped groups are
+    False (everything else True); leaves of other layers are ``None``. Use with
+    :func:`~jaxeff.prune.apply_masks` or ``sparsify(tx, masks=...)`` to fine-tune the
+    structurally pruned model before :func:`shrink`.
+
+    Args:
+      model: a Flax NNX model.
+      keep: ``{module path: kept groups}`` (boolean mask or indices), e.g. from
+        :func:`prune_structured`.
+      patterns, sites: as in :func:`shrink`.
+    Returns:
+      Mask pytree shaped like ``nnx.as_pure(nnx.state(model, nnx.Param))``.
+    """
+    from jaxeff.prune.model import model_masks
+
+    blocks = find_prunable_blocks(model, patterns, sites=sites)
+    unknown = set(keep) - set(blocks)
+    if unknown:
+        raise ValueError(f"`keep` names modules that match no pattern: {sorted(unknown)}; found {sorted(blocks)}.")
+    out = {}
+    for path, spec in keep.items():
+        module, _, info = blocks[path]
+        kv = _keep_vector(spec, info["num_groups"], path)
+        for names, gs, role in ((info["producers"], info["group_size"], "producer"),
+                                (info["kv_producers"], info["kv_group_size"], "producer"),
+                                (info["consumers"], info["group_size"], "consumer")):
+            unit_keep = np.repeat(kv, gs)
+            for n in names:
+                s = info["sites"][n]
+                axes = _hidden_axes(s, role)
+                hshape = tuple(s.shape[a] for a in axes)
+                u = unit_keep.reshape(hshape)
+                bshape = [1] * len(s.shape)
+                for a, size in zip(axes, hshape):
+                    bshape[a] = size
+                # axes are ascending, so the row-major unit order matches the broadcast layout
+                out[s.full_path] = np.broadcast_to(u.reshape(bshape), s.shape)
+                if role == "producer":
+                    lay = getattr(module, n)
+                    for k, v in vars(lay).items():
+                        if k != s.name and isinstance(v, nnx.Param) and v.get_value() is not None \
+                                and tuple(np.shape(v.get_value())) == hshape:
+                            out[_join(s.path, k)] = u
+    return model_masks(model, out)
 
 
 def prune_structured(
     model: nnx.Module,
-    activations: Mapping[str, Any],
+    activations: Mapping[str, Any] | Callable[[nnx.Module], Mapping[str, Any]],
     sparsity: float,
     *,
     method: str = "osscar",
-    pattern: ShrinkPattern = MLP_PATTERN,
+    pattern: ShrinkPattern | Sequence[ShrinkPattern] = MLP_PATTERN,
     damp: float = 0.01,
     local_search_iters: int = 50,
+    sites: Mapping[str, WeightSite] | None = None,
 ) -> tuple[nnx.Module, dict[str, jax.Array]]:
-    """Remove a fraction of the groups (neurons or heads) of every matching module, one-shot.
+    """Remove a fraction of the groups (neurons, heads or KV groups) of every matching module, one-shot.
 
     For every module matching ``pattern`` whose first consumer has calibration inputs
-    ``activations[f"{path}.{consumer}"]`` (e.g. from ``jaxeff.models.capture_linear_inputs``),
-    ``keep = num_groups - round(sparsity * num_groups)`` groups are selected and the consumer
-    kernel rows refitted:
+    ``activations[f"{path}.{consumer}"]`` (``X [n, hidden]`` with ``X @ W = `` the consumer's
+    output, e.g. from :func:`jaxeff._core.layers.capture_inputs` or
+    ``jaxeff.models.capture_linear_inputs``), the consumer weight is taken as the matrix
+    ``W [hidden, d]`` (:meth:`~jaxeff._core.layers.WeightSite.matrix`, so ``nnx.Linear``
+    kernels and tunix's ``o_proj`` ``NHD`` einsum alike), ``keep = num_groups -
+    round(sparsity * num_groups)`` groups are selected and the kept rows refitted:
 
-    * ``"osscar"``: :func:`~jaxeff.prune.osscar` / :func:`~jaxeff.prune.osscar_heads`;
+    * ``"osscar"``: :func:`~jaxeff.prune.osscar` (neurons) / :func:`~jaxeff.prune.osscar_heads`
+      over groups of ``group_size`` rows (a head, or for GQA a whole KV group's query heads);
     * ``"magnitude"``: the groups of largest consumer-row L2 norm, then the same
       :func:`~jaxeff.prune.least_squares_refit`;
     * ``"magnitude-norefit"``: the same groups, weights unchanged (plain structured masking).
 
     Args:
       model: a Flax NNX model (not modified).
-      activations: ``{"<module path>.<consumer>": inputs [n, hidden]}``.
-      sparsity: fraction of groups removed per module, in ``[0, 1)``.
+      activations: ``{"<module path>.<consumer>": inputs [..., hidden]}`` or a callable
+        ``model -> that mapping``.
+      sparsity: fraction of groups removed per module, in ``[0, 1)``; the same count in every
+        layer (so a shrunk Hugging Face-style model keeps one width per config key).
       method: "osscar" | "magnitude" | "magnitude-norefit".
-      pattern: :data:`MLP_PATTERN` (neurons) or :data:`ATTENTION_PATTERN` (heads).
+      pattern: a :class:`ShrinkPattern` or a sequence of them: :data:`MLP_PATTERN` (neurons,
+        incl. SwiGLU), :data:`ATTENTION_PATTERN` (heads), :data:`GQA_ATTENTION_PATTERN`
+        (whole KV groups).
       damp, local_search_iters: passed to OSSCAR / the refit.
+      sites: weight sites (default: static recognition of the layer kinds).
     Returns:
       ``(masked_model, keep)``: a copy whose dropped consumer rows are zero, and the kept group
-      indices per module path; ``shrink(masked_model, keep)`` then makes it physically smaller.
+      indices per module path; ``shrink(masked_model, keep)`` then makes it physically smaller
+      and :func:`group_masks` gives the masks for fine-tuning.
 
     Example:
       >>> class MLP(nnx.Module):
@@ -255,24 +558,36 @@ def prune_structured(
     """
     check_choice("method", method, ("osscar", "magnitude", "magnitude-norefit"))
     check_in_range("sparsity", sparsity, 0.0, 1.0, high_inclusive=False)
+    patterns = (pattern,) if isinstance(pattern, ShrinkPattern) else tuple(pattern)
+    if callable(activations) and not isinstance(activations, Mapping):
+        activations = activations(model)
+    if not isinstance(activations, Mapping):
+        raise ValueError("`activations` must be a mapping {'<module path>.<consumer>': inputs} or a callable "
+                         f"model -> mapping, got {type(activations)}.")
     new = nnx.clone(model)
-    blocks = find_prunable_blocks(new, (pattern,))
+    blocks = find_prunable_blocks(new, patterns, sites=sites)
     keep_out: dict[str, jax.Array] = {}
     for path, (module, pat, info) in blocks.items():
         cname = info["consumers"][0]
-        key = f"{path}.{cname}" if path else cname
+        key = _join(path, cname)
         if key not in activations:
             continue
         if len(info["consumers"]) != 1:
             raise ValueError(f"prune_structured supports one consumer per module, {path!r} has {info['consumers']}.")
-        lin = getattr(module, cname)
-        w = lin.kernel[...]
+        site = info["sites"][cname]
+        var = getattr(getattr(module, cname), site.name)
+        w_orig = var.get_value()
+        w = site.matrix(w_orig)
         G, gs = info["num_groups"], info["group_size"]
         x = activations[key]
+        if np.ndim(x) < 1 or np.shape(x)[-1] != w.shape[0]:
+            raise ValueError(f"calibration activations `activations[{key!r}]` must have shape [..., {w.shape[0]}] "
+                             f"(the consumer's input width), got {np.shape(x)}.")
+        x = jnp.reshape(x, (-1, w.shape[0]))
         k = G - int(round(sparsity * G))
         k = max(k, 1)
         if method == "osscar":
-            if pat.heads_attr is None:
+            if gs == 1:
                 w_new, kept = osscar(w, x, k, damp=damp, local_search_iters=local_search_iters)
             else:
                 w_new, kept = osscar_heads(w, x, k, G, damp=damp, local_search_iters=local_search_iters)
@@ -285,6 +600,6 @@ def prune_structured(
                 rows = np.zeros(G, bool)
                 rows[np.asarray(kept)] = True
                 w_new = jnp.where(jnp.asarray(np.repeat(rows, gs))[:, None], w, 0)
-        lin.kernel.set_value(jnp.asarray(w_new, w.dtype))
+        var.set_value(site.unmatrix(jnp.asarray(w_new, w_orig.dtype)))
         keep_out[path] = kept
     return new, keep_out
