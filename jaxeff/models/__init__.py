@@ -6,6 +6,10 @@
   layers everywhere (so quantization, pruning and distillation can address them by path).
 * :func:`train_lm` / :func:`evaluate_lm` / :func:`pretrained_charlm`: training, evaluation
   (loss, bits per byte, perplexity) and a disk-cached pre-trained teacher.
+* :class:`LlamaForCausalLM` / :class:`LlamaConfig`: the Hugging Face Llama family (Llama 2/3,
+  Mistral, Qwen2, Qwen3) in Flax NNX, with KV-cache :func:`generate` and tensor-parallel
+  :func:`shard_model`; :func:`from_pretrained` / :func:`save_pretrained` read and write local
+  Hugging Face checkpoint directories.
 """
 from jaxeff.models.charlm import (
     CHARLM_PRESETS,
@@ -22,6 +26,17 @@ from jaxeff.models.charlm import (
     sample_batch,
     train_lm,
 )
+from jaxeff.models.hf import from_pretrained, save_pretrained
+from jaxeff.models.llama import (
+    KVCache,
+    LlamaConfig,
+    LlamaForCausalLM,
+    generate,
+    param_partition_specs,
+    random_init,
+    rope_inv_freq,
+    shard_model,
+)
 
 __all__ = [
     "CHARLM_PRESETS",
@@ -37,4 +52,14 @@ __all__ = [
     "pretrained_charlm",
     "sample_batch",
     "train_lm",
+    "KVCache",
+    "LlamaConfig",
+    "LlamaForCausalLM",
+    "from_pretrained",
+    "generate",
+    "param_partition_specs",
+    "random_init",
+    "rope_inv_freq",
+    "save_pretrained",
+    "shard_model",
 ]
