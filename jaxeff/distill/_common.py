@@ -16,14 +16,31 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxeff._core.validation import check_broadcastable, check_choice, check_in_range
+from jaxeff._core.validation import (
+    check_broadcastable,
+    check_choice,
+    check_in_range,
+    check_traced_in_range,
+    is_traced,
+)
 
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "tvd", "skew_forward_kl", "skew_reverse_kl")
 REDUCTIONS = ("mean", "sum", "none")
 
 
-def check_temperature(temperature: Any) -> None:
-    check_in_range("temperature", temperature, 0.0, None, low_inclusive=False)
+def check_temperature(temperature: Any, x: Any = None) -> Any:
+    """``temperature > 0``: checked now when concrete; when traced, ``x`` (returned) carries an
+    ``equinox.error_if`` run-time check (with ``x=None`` only a concrete value is checked)."""
+    if x is None and is_traced(temperature):
+        return None
+    return check_traced_in_range("temperature", x, temperature, 0.0, None, low_inclusive=False)
+
+
+def check_static_float(name: str, value: Any) -> None:
+    """Refuse a traced value for a hyper-parameter that selects the formula (must be static)."""
+    if is_traced(value):
+        raise ValueError(f"`{name}` must be a static Python float (it selects the formula at trace time); "
+                         "got a traced value: mark it static or close over it.")
 
 
 def check_reduction(reduction: str) -> None:
@@ -84,11 +101,16 @@ def _mix_logprob(la: jax.Array, lb: jax.Array, wa: float) -> jax.Array:
 
 
 def _plogratio(pa: jax.Array, la: jax.Array, lb: jax.Array) -> jax.Array:
-    """Element-wise ``pa * (la - lb)`` with 0 where ``pa == 0`` (NaN-free values and gradients)."""
+    """Element-wise ``pa * (la - lb)`` with 0 where ``pa == 0`` (NaN-free values and gradients).
+
+    NaN anywhere in ``pa``, ``la`` or ``lb`` is bad data, not a zero probability: it propagates
+    (masked tokens are replaced before this is reached, so they stay exactly 0).
+    """
     pos = pa > 0
     la_s = jnp.where(pos, la, 0.0)
     lb_s = jnp.where(pos, lb, 0.0)
-    return jnp.where(pos, pa * (la_s - lb_s), 0.0)
+    bad = jnp.isnan(pa) | jnp.isnan(la) | jnp.isnan(lb)
+    return jnp.where(bad, jnp.nan, jnp.where(pos, pa * (la_s - lb_s), 0.0))
 
 
 def elementwise_divergence(
@@ -131,8 +153,25 @@ def elementwise_divergence(
     raise ValueError(f"`divergence` must be one of {list(DIVERGENCES)}, got {divergence!r}.")
 
 
+def global_vocab(v_local: int, vocab_axis_name: Any, vocab_size: Any) -> int:
+    """The number of real vocabulary entries of a (possibly vocab-sharded, padded) lm-head.
+
+    ``v_local`` columns per shard times the size of ``vocab_axis_name`` (inside ``shard_map``)
+    is the padded width; ``vocab_size`` (when given) must not exceed it.
+    """
+    width = int(v_local) * (1 if vocab_axis_name is None else int(jax.lax.axis_size(vocab_axis_name)))
+    if vocab_size is None:
+        return width
+    if int(vocab_size) > width:
+        raise ValueError(f"`vocab_size` ({vocab_size}) exceeds the vocabulary width of the head ({width} columns"
+                         f"{'' if vocab_axis_name is None else ' over all shards'}).")
+    return int(vocab_size)
+
+
 def check_divergence_args(divergence: str, beta: Any, lam: Any) -> None:
     check_choice("divergence", divergence, DIVERGENCES)
+    check_static_float("beta", beta)
+    check_static_float("lam", lam)
     check_in_range("beta", beta, 0.0, 1.0)
     check_in_range("lam", lam, 0.0, 1.0)
 

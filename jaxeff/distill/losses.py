@@ -24,11 +24,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxeff._core.validation import check_in_range, check_ndim, check_shape
+from jaxeff._core.validation import (
+    check_in_range,
+    check_index_range,
+    check_ndim,
+    check_shape,
+    check_traced_in_range,
+)
 from jaxeff.distill._common import (
     _plogratio,
     as_f32,
     check_reduction,
+    check_static_float,
     check_temperature,
     check_vocab,
     elementwise_divergence,
@@ -68,7 +75,7 @@ def _prepare(student_logits, teacher_logits, temperature, where, reduction, axis
 def _divergence(name, student_logits, teacher_logits, temperature, where, reduction, axis, **kw):
     ls, lt, mask = _prepare(student_logits, teacher_logits, temperature, where, reduction, axis)
     per_token = jnp.sum(elementwise_divergence(name, ls, lt, **kw), axis=-1)
-    return reduce_tokens(per_token, mask, reduction)
+    return check_temperature(temperature, reduce_tokens(per_token, mask, reduction))
 
 
 def forward_kl(
@@ -180,6 +187,7 @@ def generalized_jsd(
       Agarwal et al., "On-Policy Distillation of Language Models: Learning from Self-Generated
       Mistakes" (GKD), arXiv:2306.13649.
     """
+    check_static_float("beta", beta)
     check_in_range("beta", beta, 0.0, 1.0)
     return _divergence(
         "jsd", student_logits, teacher_logits, temperature, where, reduction, axis, beta=float(beta),
@@ -246,6 +254,7 @@ def skew_forward_kl(
       Ko et al., "DistiLLM: Towards Streamlined Distillation for Large Language Models",
       arXiv:2402.03898.
     """
+    check_static_float("lam", lam)
     check_in_range("lam", lam, 0.0, 1.0)
     return _divergence(
         "skew_forward_kl", student_logits, teacher_logits, temperature, where, reduction, axis, lam=float(lam)
@@ -281,6 +290,7 @@ def skew_reverse_kl(
     References:
       Ko et al., "DistiLLM", arXiv:2402.03898.
     """
+    check_static_float("lam", lam)
     check_in_range("lam", lam, 0.0, 1.0)
     return _divergence(
         "skew_reverse_kl", student_logits, teacher_logits, temperature, where, reduction, axis, lam=float(lam)
@@ -318,11 +328,15 @@ def hinton_kd(
 
     Args:
       student_logits, teacher_logits: ``[..., V]`` logits.
-      labels: ``[...]`` integer targets in ``[0, V)`` (or ``ignore_index``).
-      alpha: weight of the hard-label term, in [0, 1].
-      temperature: ``tau > 0`` of the soft term.
+      labels: ``[...]`` integer targets in ``[0, V)`` (or ``ignore_index``). A label outside
+        ``[0, V)`` on a valid token raises (``ValueError``; under ``jit`` an
+        ``equinox.error_if`` run-time error); labels of masked tokens are not read.
+      alpha: weight of the hard-label term, in [0, 1] (may be traced; checked at run time).
+      temperature: ``tau > 0`` of the soft term (may be traced; checked at run time).
       where, reduction, axis: as :func:`forward_kl`.
-      ignore_index: label value meaning "no target for this token".
+      ignore_index: label value meaning "no target for this token": such tokens are excluded
+        from both terms and from the mean's denominator (PyTorch's ``ignore_index``
+        convention; default -100).
 
     Returns:
       The loss (float32), reduced as requested.
@@ -350,7 +364,11 @@ def hinton_kd(
     ce = -_label_logprob(jax.nn.log_softmax(s, axis=-1), labels)
     kl = jnp.sum(elementwise_divergence("forward_kl", ls, lt), axis=-1)
     per_token = alpha * ce + (1.0 - alpha) * temperature**2 * kl
-    return reduce_tokens(per_token, mask, reduction)
+    out = reduce_tokens(per_token, mask, reduction)
+    out = check_index_range("labels", jnp.where(valid, labels, 0), s.shape[-1], out,
+                            what="the vocabulary of `student_logits`")
+    out = check_traced_in_range("alpha", out, alpha, 0.0, 1.0)
+    return check_temperature(temperature, out)
 
 
 def topk_kl(
@@ -385,7 +403,8 @@ def topk_kl(
     Args:
       student_logits: ``[..., V]``.
       teacher_topk_logprobs: ``[..., k]`` float.
-      teacher_topk_ids: ``[..., k]`` integer ids in ``[0, V)``.
+      teacher_topk_ids: ``[..., k]`` integer ids in ``[0, V)`` (checked where the log-prob is
+        finite and the token valid; under ``jit`` with ``equinox.error_if``).
       temperature, where, reduction: as :func:`forward_kl`.
       missing_mass: add the tail-bucket term.
 
@@ -443,7 +462,11 @@ def topk_kl(
         tail_p = jnp.where(tail_empty, 0.0, 1.0 - sum_p)
         log_tail_p = jnp.log1p(-jnp.where(tail_empty, 0.0, sum_p))
         per_token = per_token + _plogratio(tail_p, log_tail_p, log_tail_q)
-    return reduce_tokens(per_token, mask, reduction)
+    out = reduce_tokens(per_token, mask, reduction)
+    used = mask[..., None] & ~jnp.isneginf(lp)
+    out = check_index_range("teacher_topk_ids", jnp.where(used, ids, 0), s.shape[-1], out,
+                            what="the vocabulary of `student_logits`")
+    return check_temperature(temperature, out)
 
 
 _ = np
