@@ -101,7 +101,7 @@ def _attention_map(f: jax.Array, channel_axis: int, p: float) -> jax.Array:
     a = jnp.mean(jnp.abs(f) ** p, axis=-1)  # [B, spatial...]
     a = a.reshape(a.shape[0], -1)
     sq = jnp.sum(a**2, axis=-1, keepdims=True)
-    ok = sq > 0
+    ok = sq != 0  # an all-zero map stays 0; NaN (bad data) propagates
     return jnp.where(ok, a / jnp.sqrt(jnp.where(ok, sq, 1.0)), 0.0)
 
 
