@@ -25,14 +25,16 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding
 
-from jaxeff._core.validation import check_choice, check_in_range, check_ndim
+from jaxeff._core.validation import check_choice, check_in_range, check_index_range, check_ndim
 from jaxeff.distill._common import (
     DIVERGENCES,
     _plogratio,
     apply_logit_transform,
     check_divergence_args,
     check_reduction,
+    check_static_float,
     check_temperature,
+    global_vocab,
     elementwise_divergence,
     token_mask,
     topk_membership,
@@ -324,6 +326,7 @@ def _split_cap(x, name):
 
 def _common_checks(student_hidden, student_head, where, labels, hard_weight, chunk_size, temperature,
                    reduction, vocab_size, ignore_index):
+    check_static_float("temperature", temperature)
     check_temperature(temperature)
     check_reduction(reduction)
     check_in_range("hard_weight", hard_weight, 0.0, 1.0)
@@ -469,6 +472,9 @@ def fused_linear_distill_loss(
                reduction, labels is not None)
     ht = ht.reshape(-1, ht.shape[-1])
     out = _fused(cfg, hs, jnp.asarray(student_head), ht, jax.lax.stop_gradient(jnp.asarray(teacher_head)), mask, lab)
+    v = global_vocab(vs, vocab_axis_name, vocab_size)
+    if labels is not None:
+        out = check_index_range("labels", jnp.where(mask, lab, 0), v, out, what="the vocabulary")
     return out.reshape(lead) if reduction == "none" else out
 
 
@@ -540,9 +546,16 @@ def fused_linear_topk_distill_loss(
                int(ignore_index), int(min(chunk_size, max(hs.shape[0], 1))), s_scale, s_cap, None, None,
                None if vocab_size is None else int(vocab_size), vocab_axis_name, batch_axis_name, reduction,
                labels is not None)
+    v = global_vocab(np.shape(student_head)[1], vocab_axis_name, vocab_size)
+    if lp.shape[-1] > v:
+        raise ValueError(f"top-k size {lp.shape[-1]} of `teacher_topk_logprobs` exceeds the vocabulary size {v}.")
     lp = jax.lax.stop_gradient(lp.reshape(-1, lp.shape[-1]).astype(jnp.float32))
     ids = ids.reshape(-1, ids.shape[-1]).astype(jnp.int32)
     out = _fused(cfg, hs, jnp.asarray(student_head), lp, ids, mask, lab)
+    used = mask[:, None] & ~jnp.isneginf(lp)
+    out = check_index_range("teacher_topk_ids", jnp.where(used, ids, 0), v, out, what="the vocabulary")
+    if labels is not None:
+        out = check_index_range("labels", jnp.where(mask, lab, 0), v, out, what="the vocabulary")
     return out.reshape(lead) if reduction == "none" else out
 
 
