@@ -23,6 +23,7 @@ __version__ = "0.1.0"
 
 from jaxeff import _core as core
 from jaxeff import coreset, distill, irl, prune, quant, rounding, sam, sketch, stability
+from jaxeff import models  # reference models + Hugging Face Llama family (not star-exported)
 from jaxeff._core import LPResult, LPStatus, make_mesh, solve_lp
 from jaxeff.coreset import *  # noqa: F401,F403  (explicit: coreset.__all__)
 from jaxeff.distill import *  # noqa: F401,F403  (explicit: distill.__all__)
@@ -50,6 +51,7 @@ __all__ = [
     "__version__",
     "core",
     "FAMILIES",
+    "models",
     "LPResult",
     "LPStatus",
     "make_mesh",

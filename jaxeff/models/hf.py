@@ -186,7 +186,7 @@ def from_pretrained(path: str | os.PathLike, *, dtype: Any = None, param_dtype: 
                 if shape != want:
                     raise ValueError(f"{fpath}: tensor {name!r} has shape {shape}, expected {want}.")
                 arr = f.get_tensor(name)
-                var.value = _place(arr, tr, var.dtype, None if specs is None else specs[id(var)])
+                var.set_value(_place(arr, tr, var.dtype, None if specs is None else specs[id(var)]))
                 del arr
                 loaded.add(name)
     missing = sorted(set(table) - loaded)

@@ -1,4 +1,4 @@
-"""The Llama decoder family as Hugging Face defines it, in Flax NNX.
+r"""The Llama decoder family as Hugging Face defines it, in Flax NNX.
 
 One module tree covers Llama 2/3 (incl. ``llama3`` and ``linear`` rope scaling), Mistral (banded
 sliding-window attention), Qwen2 (q/k/v biases) and Qwen3 (q/k RMSNorm over the head dimension),
@@ -913,5 +913,5 @@ def shard_model(model: LlamaForCausalLM, mesh: Any, *, model_axis: str | None = 
     specs = param_partition_specs(model, n, model_axis=model_axis)
     for path, node in nnx.iter_graph(model):
         if isinstance(node, nnx.Variable) and tuple(path) in specs:
-            node.value = jax.device_put(node.value, NamedSharding(mesh, specs[tuple(path)]))
+            node.set_value(jax.device_put(node.get_value(), NamedSharding(mesh, specs[tuple(path)])))
     return model
