@@ -188,15 +188,42 @@ class SparsifyState(NamedTuple):
     inner_state: optax.OptState
 
 
+def _place_masks(given: PyTree, default: PyTree, params: PyTree):
+    """Put the leaves of ``given`` (mask or None per param leaf) into ``default``'s structure."""
+    d_leaves, d_def = jax.tree_util.tree_flatten(default, is_leaf=_is_none)
+    g_leaves = jax.tree_util.tree_leaves(given, is_leaf=_is_none)
+    p_leaves = jax.tree_util.tree_leaves(params)
+    if len(g_leaves) != len(d_leaves) or len(p_leaves) != len(d_leaves):
+        raise ValueError(
+            f"`masks` must have one leaf (boolean mask or None) per param leaf: got {len(g_leaves)} mask leaves "
+            f"for {len(p_leaves)} params."
+        )
+    out, kept, total = [], 0, 0
+    for g, p in zip(g_leaves, p_leaves):
+        if g is None:
+            out.append(None)
+            continue
+        if tuple(jnp.shape(g)) != tuple(jnp.shape(p)):
+            raise ValueError(f"`masks` leaf of shape {tuple(jnp.shape(g))} does not match its param of shape "
+                             f"{tuple(jnp.shape(p))}.")
+        g = jnp.asarray(g, bool)
+        out.append(g)
+        kept = kept + jnp.sum(g.astype(jnp.int32))
+        total += g.size
+    s = (1.0 - jnp.asarray(kept, jnp.float32) / total) if total else jnp.zeros([], jnp.float32)
+    return jax.tree_util.tree_unflatten(d_def, out), jnp.asarray(s, jnp.float32)
+
+
 def sparsify(
     tx: optax.GradientTransformation,
-    schedule: PruningSchedule,
+    schedule: PruningSchedule | None = None,
     scorer: str | Callable[[PyTree, PyTree], PyTree] = "magnitude",
     *,
     distribution: str = "uniform",
     mask_fn: Callable[[PyTree, jax.Array], PyTree] | None = None,
     where: Callable[[tuple, Any], bool] | None = None,
     key: jax.Array | None = None,
+    masks: PyTree | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Wrap ``tx`` so the params are pruned on ``schedule`` and pruned entries stay exactly zero.
 
@@ -220,6 +247,12 @@ def sparsify(
         ``lambda s, _: nm_mask(s, 2, 4)`` for 2:4 or a :func:`structured_mask` partial.
       where: ``where(path, leaf) -> bool``: which param leaves are pruned (default: ``ndim >= 2``).
       key: ``jax.random.key`` for ``scorer="random"`` (folded with the step).
+      masks: initial keep-masks, one leaf (boolean array shaped like the param, or ``None``)
+        per param leaf, e.g. from :func:`~jaxeff.prune.prune_model` or
+        :func:`~jaxeff.prune.group_masks` (the pure ``nnx.State`` layout works with
+        ``nnx.Optimizer(model, tx, wrt=nnx.Param)``). Leaves with ``None`` are never pruned.
+        With ``schedule=None`` the masks stay fixed: fine-tuning a one-shot pruned model keeps
+        its zeros exactly.
     Returns:
       ``optax.GradientTransformationExtraArgs`` with :class:`SparsifyState`; the masks are
       ``state.masks``. ``update`` requires ``params``.
@@ -235,7 +268,10 @@ def sparsify(
     References:
       jaxpruner (arXiv 2304.14082); Zhu & Gupta (arXiv 1710.01878).
     """
-    if not isinstance(schedule, PruningSchedule):
+    if schedule is None and masks is None:
+        raise ValueError("`schedule` must be a PruningSchedule (e.g. one_shot_schedule(...)); it may be None only "
+                         "when fixed `masks` are given.")
+    if schedule is not None and not isinstance(schedule, PruningSchedule):
         raise ValueError(f"`schedule` must be a PruningSchedule (e.g. one_shot_schedule(...)), got {type(schedule)}.")
     if isinstance(scorer, str):
         check_choice("scorer", scorer, ("magnitude", "snip", "random"))
@@ -261,13 +297,16 @@ def sparsify(
         return scorer(params, grads)
 
     def init_fn(params):
-        masks = jax.tree_util.tree_map_with_path(
+        init_masks = jax.tree_util.tree_map_with_path(
             lambda path, p: jnp.ones(jnp.shape(p), bool) if where_fn(path, p) else None, params
         )
+        s0 = jnp.zeros([], jnp.float32)
+        if masks is not None:
+            init_masks, s0 = _place_masks(masks, init_masks, params)
         return SparsifyState(
             count=jnp.zeros([], jnp.int32),
-            masks=masks,
-            sparsity=jnp.zeros([], jnp.float32),
+            masks=init_masks,
+            sparsity=s0,
             inner_state=inner.init(params),
         )
 
@@ -293,9 +332,12 @@ def sparsify(
             return jax.tree.map(lambda m, new: None if m is None else new.astype(bool),
                                 state.masks, masks, is_leaf=_is_none)
 
-        do = schedule.update_at(count)
-        masks = jax.lax.cond(do, new_masks, lambda: state.masks)
-        sparsity = jnp.where(do, schedule.sparsity_at(count), state.sparsity).astype(jnp.float32)
+        if schedule is None:  # fixed masks
+            masks, sparsity = state.masks, state.sparsity
+        else:
+            do = schedule.update_at(count)
+            masks = jax.lax.cond(do, new_masks, lambda: state.masks)
+            sparsity = jnp.where(do, schedule.sparsity_at(count), state.sparsity).astype(jnp.float32)
 
         def mask_grad(m, g):
             return g if m is None else jnp.where(m, g, jnp.zeros((), g.dtype))
