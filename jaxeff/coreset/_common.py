@@ -14,6 +14,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 
 from jaxeff._core import check_finite, check_ndim, is_traced
+from jaxeff._core.validation import error_if, is_inexact_dtype
 
 __all__: list[str] = []
 
@@ -50,7 +51,7 @@ def check_labels(y: Any, n: int, dtype: Any, name: str = "y") -> jax.Array:
     if is_traced(y):
         return jnp.asarray(y).astype(dtype)
     arr = np.asarray(y)
-    if arr.dtype.kind in "fc" and not np.all(np.isfinite(arr)):
+    if is_inexact_dtype(arr.dtype) and not np.all(np.isfinite(arr.astype(np.float64))):
         raise ValueError(f"`{name}` contains NaN or inf; labels must be in {{-1, +1}}.")
     vals = set(np.unique(arr).tolist())
     if vals <= {-1, 1}:
@@ -65,7 +66,11 @@ def check_labels(y: Any, n: int, dtype: Any, name: str = "y") -> jax.Array:
 
 
 def check_weights(weights: Any, n: int, dtype: Any, name: str = "weights") -> jax.Array:
-    """Optional nonnegative per-row weights of length ``n`` (None -> ones)."""
+    """Optional nonnegative per-row weights of length ``n`` with a positive sum (None -> ones).
+
+    A traced ``weights`` is checked at run time (``equinox.error_if``) for negative or
+    non-finite entries and a zero sum.
+    """
     if weights is None:
         return jnp.ones((n,), dtype)
     check_ndim(name, weights, 1)
@@ -73,9 +78,15 @@ def check_weights(weights: Any, n: int, dtype: Any, name: str = "weights") -> ja
         raise ValueError(f"`{name}` must have length {n} (one weight per row of X), got {np.shape(weights)[0]}.")
     if not is_traced(weights):
         check_finite(name, weights)
-        if np.any(np.asarray(weights) < 0):
+        arr = np.asarray(weights).astype(np.float64)
+        if np.any(arr < 0):
             raise ValueError(f"`{name}` must be nonnegative.")
-    return jnp.asarray(weights).astype(dtype)
+        if not np.any(arr > 0):
+            raise ValueError(f"`{name}` are all zero; at least one row needs a positive weight.")
+        return jnp.asarray(weights).astype(dtype)
+    w = jnp.asarray(weights).astype(dtype)
+    bad = jnp.any(~jnp.isfinite(w) | (w < 0)) | ~jnp.any(w > 0)
+    return error_if(w, bad, f"`{name}` must be finite, nonnegative and not all zero.")
 
 
 def check_Xy(X: Any, y: Any, weights: Any = None, *, weights_name: str = "weights"):
@@ -113,6 +124,11 @@ def check_rows_divisible(n: int, mesh: Any, axis: str | None) -> None:
     """Raise unless the ``n`` rows split evenly over the devices of ``mesh``'s ``axis`` (no-op without a mesh)."""
     if mesh is not None and n % mesh.shape[axis]:
         raise ValueError(f"the {n} rows of `X` must be divisible by the {mesh.shape[axis]} devices of mesh axis {axis!r}.")
+
+
+def pmax(x: Any, axis: str | None) -> Any:
+    """``lax.pmax`` over ``axis``; the identity when ``axis`` is None (single shard)."""
+    return x if axis is None else jax.lax.pmax(x, axis)
 
 
 def psum(x: Any, axis: str | None) -> Any:

@@ -63,9 +63,11 @@ from jaxeff.coreset._common import (
     check_Xy,
     constrain,
     mesh_axis_of,
+    pmax,
     psum,
     shard_index,
 )
+from jaxeff._core.validation import check_index_range
 
 __all__ = [
     "uniform",
@@ -112,7 +114,9 @@ def _tsqr_r(A, axis):
 def _safe_r(R):
     """Guard a triangular factor against exact zeros on its diagonal (rank-deficient data)."""
     diag = jnp.diagonal(R)
-    floor = jnp.maximum(jnp.max(jnp.abs(diag)), jnp.finfo(R.dtype).tiny) * 10 * jnp.finfo(R.dtype).eps
+    # relative floor for rank-deficient data; absolute floor `tiny` for all-zero data (the
+    # relative one underflows to 0 there). Inputs are rescaled to max |entry| = 1 first.
+    floor = jnp.maximum(jnp.max(jnp.abs(diag)) * 10 * jnp.finfo(R.dtype).eps, jnp.finfo(R.dtype).tiny)
     sign = jnp.where(diag < 0, -1.0, 1.0).astype(R.dtype)
     fixed = sign * jnp.maximum(jnp.abs(diag), floor)
     return R + jnp.diag(fixed - diag)
@@ -267,7 +271,8 @@ def _lewis(X, c, axis, rand, opts):
     def q_of(v, t):
         if sketch_size is None:
             Gm = psum(X.T @ ((c * c / v)[:, None] * X), axis)  # A^T V^-1 A, one n x d temporary
-            Gm = Gm + (10 * jnp.finfo(X.dtype).eps * jnp.trace(Gm) / d) * jnp.eye(d, dtype=X.dtype)
+            ridge = jnp.maximum(10 * jnp.finfo(X.dtype).eps * jnp.trace(Gm) / d, jnp.finfo(X.dtype).tiny)
+            Gm = Gm + ridge * jnp.eye(d, dtype=X.dtype)
             R = jnp.linalg.cholesky(Gm).T
             G = None
         else:
@@ -287,7 +292,18 @@ def _lewis(X, c, axis, rand, opts):
     return v, lev
 
 
+def _unit_scale(a, axis):
+    """``a / max|a|`` over all shards (``a`` unchanged when it is all zero)."""
+    m = pmax(jnp.max(jnp.abs(a)), axis)
+    return a / jnp.where(m > 0, m, 1).astype(a.dtype)
+
+
 def _scores(method, X, y, w, axis, rand, opts):
+    # Leverage scores and Lewis weights of A = diag(c) X do not change when X or c is scaled, so
+    # both are rescaled to max |entry| = 1 first: squares of entries up to the dtype's max stay
+    # finite. All-zero X has no leverage information: the scores reduce to the uniform term.
+    w = _unit_scale(w, axis)
+    X = _unit_scale(X, axis)
     c = w * y  # A = diag(c) X = W D_y X
     wsum = psum(jnp.sum(w), axis)
     unif = w / wsum
@@ -472,11 +488,17 @@ _DOC_ARGS = """
       y: labels [n] in {-1, +1} ({0, 1} converted with a warning).
       m: coreset size (number of draws with replacement, distinct rows without).
       replace: i.i.d. draws (True) or priority sampling of m distinct rows (False).
-      sample_weights: weights of the input rows [n] when reducing a weighted set.
+      sample_weights: weights of the input rows [n] when reducing a weighted set (finite,
+        nonnegative, not all zero; checked at run time when traced).
       mesh, axis: the mesh and axis the rows are split over (default: read from ``X.sharding``).
 
     Returns:
       ``(indices [m] int32, weights [m])``.
+
+    Degenerate data: scores are computed on ``X`` and the weights rescaled to a maximum
+    absolute entry of 1 (leverage scores and Lewis weights are scale invariant), so entries up
+    to the dtype's maximum do not overflow; all-zero ``X`` carries no leverage information and
+    every sampler then reduces to :func:`uniform` (:math:`p_i \\propto w_i`).
 """
 
 
@@ -609,6 +631,12 @@ def take_coreset(X, y, indices, weights) -> Coreset:
 
     Labels {0, 1} are converted to {-1, +1}.
 
+    Args:
+      X, y: the data the sampler drew from.
+      indices: 1-D integer row ids in ``[0, n)`` (out-of-range ids raise; under ``jit`` an
+        ``equinox.error_if`` run-time error), e.g. the first output of a sampler.
+      weights: importance weights, one per index.
+
     Example:
       >>> import jax, jax.numpy as jnp
       >>> X = jnp.arange(6.0).reshape(3, 2); y = jnp.array([1, -1, 1])
@@ -620,7 +648,14 @@ def take_coreset(X, y, indices, weights) -> Coreset:
     """
     X, y, _ = check_Xy(X, y)
     indices = jnp.asarray(indices)
-    return Coreset(X[indices], y[indices], jnp.asarray(weights, X.dtype))
+    if not jnp.issubdtype(indices.dtype, jnp.integer) or indices.ndim != 1:
+        raise ValueError(f"`indices` must be a 1-D integer array of row ids, got dtype {indices.dtype} "
+                         f"shape {indices.shape}.")
+    weights = jnp.asarray(weights, X.dtype)
+    if weights.shape != indices.shape:
+        raise ValueError(f"`weights` must have shape {indices.shape} (one per index), got {weights.shape}.")
+    indices = check_index_range("indices", indices, X.shape[0], what="the rows of `X`")
+    return Coreset(X[indices], y[indices], weights)
 
 
 def merge_and_reduce(coresets, m, *, key, method="sqrt_leverage", replace=True, **sampler_options) -> Coreset:
