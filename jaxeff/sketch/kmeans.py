@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxeff._core.validation import check_choice, check_key, check_ndim, is_traced
+from jaxeff._core.validation import check_choice, check_index_range, check_key, check_ndim, is_traced
 from jaxeff.sketch.sketches import _reshard
 
 __all__ = ["KMeansResult", "kmeans", "kmeans_assign", "kmeans_cost"]
@@ -68,7 +68,8 @@ def _check_data(name: str, A: Any, *, finite: bool = True) -> jax.Array:
     if A.shape[0] < 1 or A.shape[1] < 1:
         raise ValueError(f"`{name}` must be non-empty, got shape {A.shape}.")
     if finite and not is_traced(A):
-        bad = int(jnp.sum(~jnp.all(jnp.isfinite(A), axis=1)))
+        with jax.ensure_compile_time_eval():  # a concrete A closed over inside jit is still checked
+            bad = int(jnp.sum(~jnp.all(jnp.isfinite(A), axis=1)))
         if bad:
             raise ValueError(f"`{name}` contains {bad} row(s) with NaN or inf values; expected finite values.")
     return A
@@ -436,4 +437,7 @@ def kmeans_cost(A: jax.Array, centers: jax.Array, labels: jax.Array) -> jax.Arra
     check_ndim("labels", labels, 1)
     if labels.shape[0] != A.shape[0]:
         raise ValueError(f"`labels` must have {A.shape[0]} entries, got {labels.shape[0]}.")
+    if not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise ValueError(f"`labels` must be integer center ids, got dtype {labels.dtype}.")
+    labels = check_index_range("labels", labels, np.shape(centers)[0], what="the rows of `centers`")
     return _cost_jit(A, centers, labels.astype(jnp.int32))
