@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxeff.distill import fused_linear_distill_loss
-from jaxeff.distill.fused import _reference_linear_distill_loss
+from jaxeff.distill.fused import _default_chunk_size, _reference_linear_distill_loss
 
 DESCRIPTION = "fused chunked lm-head distillation (JSD) vs naive materialized logits: fwd+bwd time and XLA temp memory"
 
@@ -68,6 +68,9 @@ def run(ctx) -> None:
     # headline: fp32 and bf16 at the suite's shape
     args = _pair(ctx, "fp32", T, H, V, jnp.float32, chunk)
     _pair(ctx, "bf16", T, H, V, jnp.bfloat16, chunk)
+    # the default call (chunk chosen from the shapes: chunk x V ~ T x H) against the same baseline
+    ctx.timeit("fused-fp32-default", _fused_fn("jsd", None), *args, baseline="naive-fp32",
+               metrics=dict(T=T, H=H, V=V, chunk=_default_chunk_size(T, H, V)))
     # chunk-size sweep at the headline shape (fp32), each against the fp32 naive case
     for c in ctx.pick((64, 256, 512, 1024), (256, 1024, 2048, 4096)):
         ctx.timeit(f"fused-fp32-chunk{c}", _fused_fn("jsd", c), *args, baseline="naive-fp32",

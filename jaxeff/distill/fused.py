@@ -311,6 +311,63 @@ _fused.defvjp(_fwd, _bwd)
 # public API
 
 
+def _token_shards(hs: jax.Array) -> int:
+    """Number of devices the (flattened) token axis of ``hs`` is split over in its TYPE (Explicit
+    mesh axes; 1 for Auto axes, replicated or unsharded input)."""
+    try:
+        sh = jax.typeof(hs).sharding
+        spec = tuple(sh.spec)
+        if not spec or spec[0] is None:
+            return 1
+        names = spec[0] if isinstance(spec[0], tuple) else (spec[0],)
+        return int(np.prod([sh.mesh.shape[n] for n in names]))
+    except Exception:  # no abstract sharding information (e.g. a numpy array)
+        return 1
+
+
+_MIN_AUTO_CHUNK = 16
+
+
+def _default_chunk_size(num_tokens: int, hidden: int, vocab: int) -> int:
+    """The default ``chunk_size`` of the fused losses: the memory budget ``chunk x V ~ T x H``.
+
+    A chunk's temporaries are a few ``[chunk, V]`` float32 buffers; choosing
+    ``chunk ~ T H / V`` makes them about as large as the hidden states the caller already holds
+    (so the loss never dominates peak memory), rounded UP to a power of two (fewer, larger
+    matmuls) and clamped to ``[min(16, T), T]``.
+
+    Args:
+      num_tokens: ``T`` (tokens on this device).
+      hidden: ``H`` (student hidden size).
+      vocab: ``V`` (head columns on this device).
+
+    Returns:
+      The chunk length (int).
+
+    Example:
+      >>> _default_chunk_size(8192, 1024, 32768)
+      256
+    """
+    t, h, v = int(num_tokens), int(hidden), int(vocab)
+    if t < 1 or h < 1 or v < 1:
+        raise ValueError(f"`num_tokens`, `hidden`, `vocab` must be >= 1, got {t}, {h}, {v}.")
+    target = max(1, -(-t * h // v))
+    c = 1 << (target - 1).bit_length()
+    return int(min(t, max(c, min(_MIN_AUTO_CHUNK, t))))
+
+
+def _resolve_chunk(chunk_size, hs: jax.Array, vocab_local: int) -> int:
+    """The chunk length actually used: the user's or ``_default_chunk_size``, capped at T,
+    and a multiple of the token-axis device count on Explicit meshes (so every chunk of the
+    strided split stays evenly sharded)."""
+    t = max(int(hs.shape[0]), 1)
+    c = _default_chunk_size(t, hs.shape[-1] or 1, vocab_local or 1) if chunk_size is None else int(chunk_size)
+    d = _token_shards(hs)
+    if d > 1:
+        c = -(-c // d) * d
+    return int(min(c, t))
+
+
 def _split_cap(x, name):
     if isinstance(x, (tuple, list)):
         if len(x) != 2:
@@ -330,8 +387,10 @@ def _common_checks(student_hidden, student_head, where, labels, hard_weight, chu
     check_temperature(temperature)
     check_reduction(reduction)
     check_in_range("hard_weight", hard_weight, 0.0, 1.0)
-    if not isinstance(chunk_size, (int, np.integer)) or chunk_size < 1:
-        raise ValueError(f"`chunk_size` must be a positive int, got {chunk_size!r}.")
+    if chunk_size is not None and (
+        not isinstance(chunk_size, (int, np.integer)) or isinstance(chunk_size, bool) or chunk_size < 1
+    ):
+        raise ValueError(f"`chunk_size` must be a positive int or None (chosen from the shapes), got {chunk_size!r}.")
     check_ndim("student_head", student_head, 2)
     hs = jnp.asarray(student_hidden)
     if hs.ndim < 1 or hs.shape[-1] != np.shape(student_head)[0]:
@@ -373,7 +432,7 @@ def fused_linear_distill_loss(
     labels: Any = None,
     hard_weight: float = 0.0,
     ignore_index: int = -100,
-    chunk_size: int = 1024,
+    chunk_size: int | None = None,
     logit_softcap: Any = None,
     logit_scale: Any = None,
     vocab_size: int | None = None,
@@ -395,7 +454,7 @@ def fused_linear_distill_loss(
     ``labels != ignore_index``), and the CE uses temperature 1. Value and gradients (w.r.t.
     ``student_hidden`` and ``student_head``) equal the materialized computation; the teacher is a
     constant (zero gradient). Peak extra memory is ``O(chunk_size x V)``: the ``[T, V]`` logits are
-    never built.
+    never built; the default chunk keeps it about the size of the hidden states.
 
     Args:
       student_hidden: ``[..., T, Hs]`` (any leading axes; flattened into tokens).
@@ -411,7 +470,10 @@ def fused_linear_distill_loss(
       labels: integer next-token ids ``[..., T]`` for the hard-label term (and ``ignore_index``).
       hard_weight: ``w_h`` in [0, 1]; needs ``labels`` when > 0.
       ignore_index: label value whose tokens are excluded from both terms.
-      chunk_size: tokens per chunk (need not divide T).
+      chunk_size: tokens per chunk (need not divide T). None (default): chosen from the shapes by
+        ``_default_chunk_size`` (``chunk x V ~ T x H``, a power of two; 256 at T=8192,
+        H=1024, V=32768). On a mesh with Explicit axes whose token axis is sharded over ``d``
+        devices it is rounded up to a multiple of ``d`` (the value does not depend on it).
       logit_softcap: soft-cap ``c`` (Gemma-2 style) or a ``(student, teacher)`` pair; None = off.
       logit_scale: multiplier of the logits (applied before the cap) or a ``(student, teacher)`` pair.
       vocab_size: true vocabulary size when the heads have padded columns; columns at index >=
@@ -467,7 +529,7 @@ def fused_linear_distill_loss(
     s_cap, t_cap = _split_cap(logit_softcap, "logit_softcap")
     s_scale, t_scale = _split_cap(logit_scale, "logit_scale")
     cfg = _Cfg("dense", divergence, float(beta), float(lam), bool(normalized), False, float(temperature),
-               float(hard_weight), int(ignore_index), int(min(chunk_size, max(hs.shape[0], 1))), s_scale, s_cap,
+               float(hard_weight), int(ignore_index), _resolve_chunk(chunk_size, hs, vs), s_scale, s_cap,
                t_scale, t_cap, None if vocab_size is None else int(vocab_size), vocab_axis_name, batch_axis_name,
                reduction, labels is not None)
     ht = ht.reshape(-1, ht.shape[-1])
@@ -490,7 +552,7 @@ def fused_linear_topk_distill_loss(
     labels: Any = None,
     hard_weight: float = 0.0,
     ignore_index: int = -100,
-    chunk_size: int = 1024,
+    chunk_size: int | None = None,
     logit_softcap: float | None = None,
     logit_scale: float | None = None,
     vocab_size: int | None = None,
@@ -543,7 +605,7 @@ def fused_linear_topk_distill_loss(
     s_cap, _ = _split_cap(logit_softcap, "logit_softcap")
     s_scale, _ = _split_cap(logit_scale, "logit_scale")
     cfg = _Cfg("topk", "forward_kl", 0.5, 0.1, False, bool(missing_mass), float(temperature), float(hard_weight),
-               int(ignore_index), int(min(chunk_size, max(hs.shape[0], 1))), s_scale, s_cap, None, None,
+               int(ignore_index), _resolve_chunk(chunk_size, hs, np.shape(student_head)[1]), s_scale, s_cap, None, None,
                None if vocab_size is None else int(vocab_size), vocab_axis_name, batch_axis_name, reduction,
                labels is not None)
     v = global_vocab(np.shape(student_head)[1], vocab_axis_name, vocab_size)
