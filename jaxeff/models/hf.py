@@ -2,10 +2,11 @@
 
 * :func:`from_pretrained` reads a local directory (``config.json`` + ``model.safetensors`` or a
   sharded ``model.safetensors.index.json``) with no network access. The module tree is first built
-  abstractly (``nnx.eval_shape``: no weights allocated); tensors are then read one at a time with
-  ``safetensors.safe_open`` and placed straight into their parameter (transposed for linear
+  abstractly (``nnx.eval_shape``: no weights allocated); tensors are then read one at a time and placed straight into their parameter (transposed for linear
   kernels, cast, and, with a ``mesh``, put with their ``NamedSharding``), so host memory peaks near
-  one copy of the weights plus one tensor.
+  one copy of the weights plus one tensor. (Tensors are read with plain ``pread`` following the
+  safetensors layout rather than memory-mapped, so page-cache pages of a whole shard never count
+  as resident.)
 * :func:`save_pretrained` writes ``config.json``, ``generation_config.json`` and safetensors
   shards (with an index when more than one) that ``transformers.AutoModelForCausalLM`` loads, and
   copies tokenizer files from the directory the model was loaded from.
@@ -107,6 +108,60 @@ def _checkpoint_files(d: Path) -> tuple[dict[str, list[str]], Path]:
                      f"(files present: {others or 'none'}); only safetensors checkpoints are supported.")
 
 
+class _SafetensorsReader:
+    """Reads one safetensors file tensor by tensor with plain ``pread`` into fresh arrays.
+
+    The format (an 8-byte little-endian header length, a JSON header ``{name: {dtype, shape,
+    data_offsets}}``, then the raw little-endian bytes) is read directly rather than memory-mapped:
+    a mapped file's touched pages count as resident memory until it is closed, which would add up
+    to a whole shard to the peak.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._f = open(path, "rb")
+        try:
+            n = int.from_bytes(self._f.read(8), "little")
+            if n <= 0 or n > 100 * 2**20:
+                raise ValueError(f"header length {n}")
+            header = json.loads(self._f.read(n))
+        except (ValueError, json.JSONDecodeError) as e:
+            self._f.close()
+            raise ValueError(f"{path}: not a safetensors file ({e}).") from None
+        self._base = 8 + n
+        header.pop("__metadata__", None)
+        self._h = header
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._f.close()
+
+    def keys(self) -> list[str]:
+        return list(self._h)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(int(s) for s in self._h[name]["shape"])
+
+    def get_tensor(self, name: str) -> np.ndarray:
+        info = self._h[name]
+        if info["dtype"] not in _ST_DTYPES:
+            raise ValueError(f"{self.path}: tensor {name!r} has unsupported dtype {info['dtype']!r}.")
+        dt = np.dtype(_ST_DTYPES[info["dtype"]])
+        start, end = info["data_offsets"]
+        shape = self.shape(name)
+        count = int(np.prod(shape, dtype=np.int64))
+        if end - start != count * dt.itemsize:
+            raise ValueError(f"{self.path}: tensor {name!r} has {end - start} bytes for shape {shape} of {dt}.")
+        out = np.empty(shape, dt)
+        buf = memoryview(out.reshape(-1).view(np.uint8))
+        got = os.preadv(self._f.fileno(), [buf], self._base + start) if count else 0
+        if got != end - start:
+            raise ValueError(f"{self.path}: tensor {name!r} is truncated ({got} of {end - start} bytes).")
+        return out
+
+
 def from_pretrained(path: str | os.PathLike, *, dtype: Any = None, param_dtype: Any = None, mesh: Any = None,
                     model_axis: str | None = "model", strict: bool = True) -> LlamaForCausalLM:
     """Load a local Hugging Face Llama/Mistral/Qwen2/Qwen3 checkpoint directory (no network).
@@ -159,11 +214,9 @@ def from_pretrained(path: str | os.PathLike, *, dtype: Any = None, param_dtype: 
                 specs[id(node)] = NamedSharding(mesh, pspecs[tuple(p)])
     loaded: set[str] = set()
 
-    from safetensors import safe_open
-
     for fname, names in files.items():
         fpath = d / fname
-        with safe_open(str(fpath), framework="numpy") as f:
+        with _SafetensorsReader(fpath) as f:
             keys = list(f.keys())
             if names is not None:
                 missing_here = sorted(set(names) - set(keys))
@@ -180,8 +233,7 @@ def from_pretrained(path: str | os.PathLike, *, dtype: Any = None, param_dtype: 
                 if name in loaded:
                     raise ValueError(f"{fpath}: tensor {name!r} appears twice in the checkpoint.")
                 var, tr = table[name]
-                sl = f.get_slice(name)
-                shape = tuple(sl.get_shape())
+                shape = f.shape(name)
                 want = tuple(var.shape)[::-1] if tr else tuple(var.shape)
                 if shape != want:
                     raise ValueError(f"{fpath}: tensor {name!r} has shape {shape}, expected {want}.")
@@ -200,7 +252,9 @@ def _place(arr: np.ndarray, transpose: bool, dtype: Any, sharding: Any) -> jax.A
     """Host tensor -> device array (transposed and cast on the host: at most one extra tensor copy)."""
     a = arr.T if transpose else arr
     a = a.astype(dtype) if a.dtype != dtype else np.ascontiguousarray(a)
-    return jax.device_put(a, sharding) if sharding is not None else jnp.asarray(a)
+    x = jax.device_put(a, sharding) if sharding is not None else jnp.asarray(a)
+    # transfers are asynchronous: wait, so host buffers are freed one tensor at a time
+    return x.block_until_ready()
 
 
 # ------------------------------------------------------------------------------------ saving
@@ -356,11 +410,9 @@ def _json_tok(v):
 
 def iter_checkpoint_tensors(path: str | os.PathLike) -> Iterator[tuple[str, np.ndarray]]:
     """Yield ``(name, array)`` of every tensor of a checkpoint directory, one at a time."""
-    from safetensors import safe_open
-
     d = Path(path)
     files, _ = _checkpoint_files(d)
     for fname in files:
-        with safe_open(str(d / fname), framework="numpy") as f:
+        with _SafetensorsReader(d / fname) as f:
             for k in f.keys():
                 yield k, f.get_tensor(k)

@@ -365,3 +365,15 @@ def test_report_max_errors():
     """Prints the per-architecture logit error (runs after the comparisons)."""
     for k, v in MAX_ERR.items():
         print(f"max relative logit error vs transformers [{k}]: {v:.2e}")
+
+
+def test_error_corrupt_or_truncated_safetensors(ckpts, tmp_path):
+    d = tmp_path / "c"
+    shutil.copytree(ckpts["llama"][0], d)
+    data = (d / "model.safetensors").read_bytes()
+    (d / "model.safetensors").write_bytes(data[:-100])
+    with pytest.raises(ValueError, match=r"model\.safetensors: tensor '.*' is truncated"):
+        from_pretrained(d)
+    (d / "model.safetensors").write_bytes(b"\xff" * 64)
+    with pytest.raises(ValueError, match=r"model\.safetensors: not a safetensors file"):
+        from_pretrained(d)
