@@ -595,6 +595,9 @@ class QuantizedEmbed(nnx.Module):
         tokens = jnp.asarray(tokens)
         if not jnp.issubdtype(tokens.dtype, jnp.integer):
             raise ValueError(f"`tokens` must be integers, got dtype {tokens.dtype}.")
+        from jaxeff._core.validation import check_index_range
+
+        tokens = check_index_range("tokens", tokens, self.num_embeddings, what="the embedding rows")
         rows = self.qvalue[...][tokens]
         codes = unpack_int(rows, self.fmt, self.features) if self.fmt.packed else rows
         v = _code_values(codes, self.fmt)
