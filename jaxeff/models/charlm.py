@@ -17,7 +17,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxeff._core.validation import check_choice, check_in_range, check_key
+from jaxeff._core.validation import check_choice, check_in_range, check_index_range, check_key
 
 __all__ = [
     "CharLMConfig", "CharLM", "load_text_corpus", "lm_loss", "sample_batch", "train_lm",
@@ -192,6 +192,9 @@ class CharLM(nnx.Module):
         T = tokens.shape[1]
         if T > self.cfg.max_len:
             raise ValueError(f"`tokens` has {T} positions, more than max_len={self.cfg.max_len}.")
+        if not jnp.issubdtype(tokens.dtype, jnp.integer):
+            raise ValueError(f"`tokens` must be integer ids, got dtype {tokens.dtype}.")
+        tokens = check_index_range("tokens", tokens, self.cfg.vocab_size, what="the vocabulary")
         x = self.embed(tokens) + self.pos[...][:T]
         for i, blk in enumerate(self.blocks):
             x = blk(x, f"blocks.{i}")
