@@ -74,6 +74,10 @@ def mountain_car_step(s: jax.Array, action: jax.Array, params: MountainCarParams
       >>> [round(float(v), 5) for v in mountain_car_step(jnp.array([-0.5, 0.0]), 2)]
       [-0.49918, 0.00082]
     """
+    if np.shape(s) != (2,):
+        raise ValueError(f"`s` must be a state (position, velocity) of shape (2,), got shape {np.shape(s)}.")
+    if not isinstance(action, jax.core.Tracer) and not np.all(np.isin(np.asarray(action), (0, 1, 2))):
+        raise ValueError(f"`action` must be 0, 1 or 2 (left, none, right), got {action!r}.")
     s = jnp.asarray(s, jnp.float32)
     x, v = s[0], s[1]
     v = v + (jnp.asarray(action, jnp.float32) - 1.0) * params.force - jnp.cos(3.0 * x) * params.gravity + noise
