@@ -50,6 +50,8 @@ __all__ = [
     "find_weight_sites",
     "capture_inputs",
     "param_paths",
+    "keypath_str",
+    "ParamsFn",
     "path_str",
     "get_by_path",
 ]
@@ -287,6 +289,8 @@ def static_sites(model: nnx.Module, *, skip: tuple[type, ...] = ()) -> dict[str,
         ``{module path: WeightSite}`` in module order.
     """
     out = {}
+    if isinstance(model, ParamsFn):
+        return out  # a parameter tree has no layer classes: its sites come from tracing
     for p, m in nnx.iter_modules(model):
         if skip and isinstance(m, skip):
             continue
@@ -329,26 +333,46 @@ def _sub_jaxpr(eqn):
     return None
 
 
+def keypath_str(kp) -> str:
+    """Dotted string of a ``jax.tree_util`` key path (Variable ``value`` keys dropped)."""
+    parts = []
+    for k in kp:
+        if isinstance(k, jax.tree_util.DictKey):
+            parts.append(str(k.key))
+        elif isinstance(k, jax.tree_util.SequenceKey):
+            parts.append(str(k.idx))
+        elif isinstance(k, jax.tree_util.GetAttrKey):
+            if k.name in ("value", "raw_value", "_raw_value"):
+                continue
+            parts.append(k.name)
+        else:
+            parts.append(str(k))
+    return ".".join(parts)
+
+
 def param_paths(model: nnx.Module):
     """``(graphdef, param_state, rest_state, [param path strings], leaves, treedef)`` of a model."""
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     flat, treedef = jax.tree_util.tree_flatten_with_path(params)
-    paths = []
-    for kp, _ in flat:
-        parts = []
-        for k in kp:
-            if isinstance(k, jax.tree_util.DictKey):
-                parts.append(str(k.key))
-            elif isinstance(k, jax.tree_util.SequenceKey):
-                parts.append(str(k.idx))
-            elif isinstance(k, jax.tree_util.GetAttrKey):
-                if k.name in ("value", "raw_value", "_raw_value"):
-                    continue
-                parts.append(k.name)
-            else:
-                parts.append(str(k))
-        paths.append(".".join(parts))
+    paths = [keypath_str(kp) for kp, _ in flat]
     return graphdef, params, rest, paths, [leaf for _, leaf in flat], treedef
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamsFn:
+    """A model given as a pure function of a parameter pytree: ``fn(params, *inputs, **kw)``.
+
+    Lets :func:`find_weight_sites`, :func:`trace_weight_uses` and :func:`capture_inputs` work
+    on models that are not NNX modules: a Linen module (``ParamsFn(lambda p, x:
+    module.apply({"params": p}, x), variables["params"])``; ``nn.Dense``, ``nn.DenseGeneral``
+    and ``nn.Einsum`` all reach a ``dot_general``) or a plain parameter tree with a forward
+    function. Every array leaf with >= 2 dimensions is a candidate weight; site paths are the
+    dotted key paths of the parent (``"Dense_0"``) and the leaf key is the site's ``name``
+    (``"kernel"``).
+    """
+
+    fn: Callable[..., Any]
+    params: Any
 
 
 def _forward_fn(graphdef, rest, treedef, method, args, kwargs):
@@ -442,8 +466,15 @@ class _Tracer:
 
 
 def _trace(model, args, kwargs, method):
-    graphdef, params, rest, names, leaves, treedef = param_paths(model)
-    f = _forward_fn(graphdef, rest, treedef, method, args, kwargs)
+    if isinstance(model, ParamsFn):
+        flat, treedef = jax.tree_util.tree_flatten_with_path(model.params)
+        names, leaves = [keypath_str(kp) for kp, _ in flat], [v for _, v in flat]
+
+        def f(lv):
+            return model.fn(jax.tree_util.tree_unflatten(treedef, lv), *args, **kwargs)
+    else:
+        graphdef, params, rest, names, leaves, treedef = param_paths(model)
+        f = _forward_fn(graphdef, rest, treedef, method, args, kwargs)
     closed = jax.make_jaxpr(f)(leaves)
     t = _Tracer(names)
     jaxpr = closed.jaxpr
