@@ -320,7 +320,8 @@ def least_squares_refit(
     the baseline "magnitude selection + refit" uses this with the groups of largest norm.
 
     Args:
-      w: kernel ``[k, d]``; x: inputs ``[n, k]`` or a LayerHessian; kept: kept group indices;
+      w: kernel ``[k, d]``; x: inputs ``[n, k]`` or a LayerHessian; kept: kept group indices
+      (integers in ``[0, k / group_size)``) or a boolean mask of length ``k / group_size``;
       group_size: rows per group (1 for neurons, head_dim for heads); damp: as in :func:`osscar`.
     Returns:
       ``w_new [k, d]``.
@@ -335,7 +336,15 @@ def least_squares_refit(
     k = W.shape[0]
     if k % group_size:
         raise ValueError(f"`group_size` ({group_size}) must divide the rows of `w` ({k}).")
-    kept = np.unique(np.asarray(kept, np.int64))
+    kept = np.asarray(kept)
+    if kept.dtype == np.bool_:
+        if kept.shape != (k // group_size,):
+            raise ValueError(f"`kept` as a boolean mask must have shape ({k // group_size},) (one entry per group), "
+                             f"got {kept.shape}.")
+        kept = np.flatnonzero(kept)
+    elif kept.size and not np.issubdtype(kept.dtype, np.integer):
+        raise ValueError(f"`kept` must hold integer group indices or be a boolean mask, got dtype {kept.dtype}.")
+    kept = np.unique(kept.astype(np.int64))
     if kept.size and (kept.min() < 0 or kept.max() >= k // group_size):
         raise ValueError(f"`kept` indices must be in [0, {k // group_size}), got {kept.tolist()}.")
     check_positive("damp", damp)
