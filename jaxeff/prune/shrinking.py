@@ -566,6 +566,14 @@ def prune_structured(
                          f"model -> mapping, got {type(activations)}.")
     new = nnx.clone(model)
     blocks = find_prunable_blocks(new, patterns, sites=sites)
+    # a key that names no module of the model (e.g. misspelled) would silently prune nothing
+    known = {_path_str(p) for p, _ in nnx.iter_modules(new)}
+    known |= {_join(path, c) for path, (_, _, info) in blocks.items() for c in info["consumers"]}
+    unknown = sorted(str(k) for k in activations if k not in known)
+    if unknown:
+        want = sorted(_join(path, info["consumers"][0]) for path, (_, _, info) in blocks.items())
+        raise ValueError(f"`activations` keys {unknown} name no module of the model; the prunable consumers "
+                         f"are {want}.")
     keep_out: dict[str, jax.Array] = {}
     for path, (module, pat, info) in blocks.items():
         cname = info["consumers"][0]
@@ -602,4 +610,8 @@ def prune_structured(
                 w_new = jnp.where(jnp.asarray(np.repeat(rows, gs))[:, None], w, 0)
         var.set_value(site.unmatrix(jnp.asarray(w_new, w_orig.dtype)))
         keep_out[path] = kept
+    if not keep_out:
+        want = sorted(_join(path, info["consumers"][0]) for path, (_, _, info) in blocks.items())
+        raise ValueError(f"`activations` has inputs for none of the prunable consumers {want} (keys given: "
+                         f"{sorted(map(str, activations))}); nothing would be pruned.")
     return new, keep_out
