@@ -77,6 +77,10 @@ class OneShotSchedule(PruningSchedule):
     sparsity: float
     step: int = 0
 
+    def __post_init__(self):
+        check_in_range("sparsity", self.sparsity, 0.0, 1.0, high_inclusive=False)
+        _check_int("step", self.step, 0)
+
     def sparsity_at(self, step):
         return jnp.where(step >= self.step, jnp.float32(self.sparsity), jnp.float32(0.0))
 
@@ -92,6 +96,13 @@ class PeriodicSchedule(PruningSchedule):
     every: int
     start: int = 0
     end: int | None = None
+
+    def __post_init__(self):
+        check_in_range("sparsity", self.sparsity, 0.0, 1.0, high_inclusive=False)
+        _check_int("every", self.every, 1)
+        _check_int("start", self.start, 0)
+        if self.end is not None:
+            _check_int("end", self.end, self.start)
 
     def sparsity_at(self, step):
         return jnp.where(step >= self.start, jnp.float32(self.sparsity), jnp.float32(0.0))
@@ -112,6 +123,13 @@ class CubicSchedule(PruningSchedule):
     end: int
     every: int = 1
     initial_sparsity: float = 0.0
+
+    def __post_init__(self):
+        check_in_range("final_sparsity", self.final_sparsity, 0.0, 1.0, high_inclusive=False)
+        check_in_range("initial_sparsity", self.initial_sparsity, 0.0, self.final_sparsity)
+        _check_int("start", self.start, 0)
+        _check_int("end", self.end, self.start + 1)
+        _check_int("every", self.every, 1)
 
     def sparsity_at(self, step):
         p = jnp.clip((step - self.start) / (self.end - self.start), 0.0, 1.0).astype(jnp.float32)
