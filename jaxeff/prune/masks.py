@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxeff._core.validation import check_choice, check_in_range, is_traced
+from jaxeff._core.validation import check_choice, check_in_range, check_traced_in_range, is_traced
 
 __all__ = [
     "unstructured_mask",
@@ -140,6 +140,12 @@ def unstructured_mask(scores: PyTree, sparsity: Any, *, distribution: str = "uni
         for i in idx:
             x = _as_f32(leaves[i])
             out[i] = _keep_top(x.reshape(-1), _n_prune(s_of[i], x.size)).reshape(x.shape)
+    # a traced sparsity is checked at run time (equinox.error_if on every mask leaf)
+    s_all = [sparsity] if per_leaf_s is None else [per_leaf_s[i] for i in idx]
+    for s in s_all:
+        if is_traced(s):
+            for i in idx:
+                out[i] = check_traced_in_range("sparsity", out[i], s, 0.0, 1.0, high_inclusive=False)
     return jax.tree_util.tree_unflatten(treedef, out)
 
 
@@ -295,6 +301,9 @@ def apply_masks(params: PyTree, masks: PyTree) -> PyTree:
 def mask_sparsity(masks: PyTree) -> jax.Array:
     """Fraction of pruned entries over all masked leaves, ``#False / #entries``.
 
+    An entry counts as kept when it is nonzero (True), as in :func:`apply_masks`, also for
+    float masks.
+
     Example:
       >>> float(mask_sparsity({"a": jnp.array([True, False]), "b": None}))
       0.5
@@ -303,5 +312,5 @@ def mask_sparsity(masks: PyTree) -> jax.Array:
     if not leaves:
         return jnp.asarray(0.0, jnp.float32)
     total = sum(int(m.size) for m in leaves)
-    kept = sum(jnp.sum(m.astype(jnp.int32)) for m in leaves)
+    kept = sum(jnp.sum(jnp.asarray(m) != 0, dtype=jnp.int32) for m in leaves)  # nonzero = kept, as apply_masks
     return 1.0 - kept.astype(jnp.float32) / total
