@@ -113,6 +113,70 @@ def _plogratio(pa: jax.Array, la: jax.Array, lb: jax.Array) -> jax.Array:
     return jnp.where(bad, jnp.nan, jnp.where(pos, pa * (la_s - lb_s), 0.0))
 
 
+_JSD_EXP_MAX = 80.0  # |d| beyond this: expm1 would overflow float32; the logaddexp form is exact there
+
+
+def _log1p_over(x: jax.Array) -> jax.Array:
+    """``log1p(x) / x`` (1 at 0; a series below 1e-4, no subnormal division)."""
+    small = jnp.abs(x) < 1e-4
+    xs = jnp.where(small, 1.0, x)
+    return jnp.where(small, 1.0 - x / 2.0 + x * x / 3.0, jnp.log1p(xs) / xs)
+
+
+def _jsd_elementwise(ls: jax.Array, lt: jax.Array, p: jax.Array, q: jax.Array, beta: float,
+                     normalized: bool) -> jax.Array:
+    r"""Generalized JSD per vocabulary entry, accurate to float32 rounding for every ``beta`` in (0, 1).
+
+    With ``d = log p - log q`` and ``m = beta p + (1-beta) q``, the two log-ratios
+    ``A = log(m/p)`` and ``B = log(m/q)`` give
+
+    .. math::
+        f = -\beta\,p\,A - (1-\beta)\,q\,B,\qquad
+        \frac{f}{\beta(1-\beta)} = -p\,\frac{A}{1-\beta} - q\,\frac{B}{\beta}.
+
+    When a ratio is near 1 (``|x| < 1/2`` below) it is computed without cancellation as
+    ``A = log1p(x_A)``, ``x_A = (1-beta) expm1(-d)`` and ``B = log1p(x_B)``,
+    ``x_B = beta expm1(d)``, and the normalized terms as ``B/beta = expm1(d) log1p(x_B)/x_B``
+    (likewise ``A/(1-beta)``): the textbook ``log p - log m`` loses every digit of the
+    O(beta) difference as ``beta -> 0`` or ``1``. Otherwise (no cancellation possible)
+    ``A = logaddexp(log beta, log(1-beta) - d)`` and ``B = logaddexp(log(1-beta), log beta + d)``.
+    ``q = 0`` gives ``A = log beta``, ``p = 0`` gives ``B = log(1-beta)`` (exact, with
+    zero-probability terms 0 and finite gradients). NaN inputs propagate.
+    """
+    dead_q = jnp.isneginf(ls)
+    dead_p = jnp.isneginf(lt)
+    d = lt - ls
+    d = jnp.where(jnp.isfinite(d), d, 0.0)  # infinite cases replaced below (no inf/NaN in grads)
+    small_d = jnp.abs(d) <= _JSD_EXP_MAX
+    dc = jnp.where(small_d, d, 0.0)
+    em = jnp.expm1(dc)    # p/q - 1
+    en = jnp.expm1(-dc)   # q/p - 1
+    xa = (1.0 - beta) * en
+    xb = beta * em
+    use_a = small_d & (jnp.abs(xa) < 0.5)
+    use_b = small_d & (jnp.abs(xb) < 0.5)
+    xa = jnp.where(use_a, xa, 0.0)
+    xb = jnp.where(use_b, xb, 0.0)
+    la, lb = math.log(beta), math.log1p(-beta)
+    a_far = jnp.logaddexp(la, lb - d)  # log(m/p) with no cancellation possible
+    b_far = jnp.logaddexp(lb, la + d)  # log(m/q)
+    if normalized:
+        a_n = jnp.where(use_a, en * _log1p_over(xa), a_far / (1.0 - beta))  # A / (1 - beta)
+        b_n = jnp.where(use_b, em * _log1p_over(xb), b_far / beta)          # B / beta
+        a_n = jnp.where(dead_q, la / (1.0 - beta), a_n)
+        b_n = jnp.where(dead_p, lb / beta, b_n)
+        fp, fq = -p * a_n, -q * b_n
+    else:
+        a = jnp.where(use_a, jnp.log1p(xa), a_far)
+        b = jnp.where(use_b, jnp.log1p(xb), b_far)
+        a = jnp.where(dead_q, la, a)
+        b = jnp.where(dead_p, lb, b)
+        fp, fq = -beta * p * a, -(1.0 - beta) * q * b
+    f = jnp.where(p > 0, fp, 0.0) + jnp.where(q > 0, fq, 0.0)
+    bad = jnp.isnan(ls) | jnp.isnan(lt)
+    return jnp.where(bad, jnp.nan, f)
+
+
 def elementwise_divergence(
     divergence: str,
     ls: jax.Array,
@@ -139,11 +203,9 @@ def elementwise_divergence(
             return _plogratio(p, lt, ls)
         if normalized and beta == 1.0:
             return _plogratio(q, ls, lt)
-        lm = _mix_logprob(lt, ls, beta)
-        f = beta * _plogratio(p, lt, lm) + (1.0 - beta) * _plogratio(q, ls, lm)
-        if normalized:
-            f = f / (beta * (1.0 - beta))
-        return f
+        if beta in (0.0, 1.0):  # unnormalized JSD is identically 0 at the endpoints
+            return jnp.where(jnp.isnan(ls) | jnp.isnan(lt), jnp.nan, jnp.zeros_like(ls + lt))
+        return _jsd_elementwise(ls, lt, p, q, beta, normalized)
     if divergence == "tvd":
         return 0.5 * jnp.abs(p - q)
     if divergence == "skew_forward_kl":
