@@ -19,7 +19,7 @@ from jaxeff.prune.osscar import least_squares_refit, osscar, osscar_heads, struc
 from jaxeff.prune.scores import default_prunable, magnitude_scores, random_scores, snip_scores, wanda_scores
 from jaxeff.prune.shrinking import (ATTENTION_PATTERN, GQA_ATTENTION_PATTERN, MLP_PATTERN, ShrinkPattern, find_prunable_blocks,
                                    group_masks, prune_structured, shrink)
-from jaxeff.prune.model import PrunedSite, PruneSummary, model_masks, prune_model
+from jaxeff.prune.model import PrunedSite, PruneSummary, model_masks, prune_model, prune_params
 from jaxeff.prune.optax_wrapper import (
     CubicSchedule,
     OneShotSchedule,
@@ -69,6 +69,7 @@ __all__ = [
     "prune_structured",
     "shrink",
     "prune_model",
+    "prune_params",
     "PruneSummary",
     "PrunedSite",
     "model_masks",

@@ -21,6 +21,10 @@ pytree shaped like ``nnx.as_pure(nnx.state(model, nnx.Param))`` (``None`` for le
 not pruned), ready for :func:`~jaxeff.prune.apply_masks` and ``sparsify(..., masks=masks)``
 (fine-tuning that keeps the pruned entries at zero).
 
+:func:`prune_params` does the same on a plain parameter pytree, e.g. a Flax Linen model's
+``params`` (``nn.Dense``, ``nn.DenseGeneral``, ``nn.Einsum`` found by tracing its ``apply``),
+or leaves whose contracted axes a rule names.
+
 References:
     Frantar & Alistarh, "SparseGPT" (arXiv 2301.00774); Sun et al., "Wanda" (arXiv 2306.11695);
     google/qwix (rules by module path).
@@ -42,7 +46,7 @@ from jaxeff._core.validation import check_choice, check_positive
 from jaxeff.prune.masks import _keep_top, nm_mask
 from jaxeff.prune.oneshot import _parse_sparsity, sparsegpt, wanda
 
-__all__ = ["PrunedSite", "PruneSummary", "prune_model", "model_masks"]
+__all__ = ["PrunedSite", "PruneSummary", "prune_model", "prune_params", "model_masks"]
 
 _METHODS = ("sparsegpt", "wanda", "magnitude")
 
@@ -390,6 +394,19 @@ def prune_model(
             return calibration_data(new) if callable(calibration_data) else calibration_data
         return capture_inputs(new, *args, sites={k: todo[k][0] for k in remaining}, method=call_method, **kwargs)
 
+    def read(site):
+        return getattr(new if not site.path else _get(new, site.path), site.name).get_value()
+
+    def write(site, w):
+        getattr(new if not site.path else _get(new, site.path), site.name).set_value(w)
+
+    masks_by_param, report = _prune_sites(todo, order, read, write, capture, sequential, method, block_size, damp)
+    masks = model_masks(new, masks_by_param)
+    return new, masks, PruneSummary(method, tuple(report), tuple(skipped))
+
+
+def _prune_sites(todo, order, read, write, capture, sequential, method, block_size, damp):
+    """Prune ``todo[key] = (site, spec)`` in ``order``; stages of equal inputs when sequential."""
     masks_by_param: dict[str, jax.Array] = {}
     report = []
     data = capture(order)
@@ -407,9 +424,7 @@ def prune_model(
             stage = order[pos:]
         for key in stage:
             site, spec = todo[key]
-            owner = new if not site.path else _get(new, site.path)
-            var = getattr(owner, site.name)
-            w = var.get_value()
+            w = read(site)
             mat = site.matrix(w)
             flat = mat.reshape(-1, site.in_features, site.out_features)
             xs = None
@@ -422,15 +437,181 @@ def prune_model(
                 ms.append(mb)
             w_new = site.unmatrix(jnp.stack(outs).reshape(mat.shape).astype(w.dtype))
             mask = site.unmatrix(jnp.stack(ms).reshape(mat.shape)).astype(bool)
-            var.set_value(w_new)
+            write(site, w_new)
             masks_by_param[site.full_path] = mask
             report.append(PrunedSite(site.path, site.name, site.kind, site.shape, tuple(mat.shape),
                                      spec, 1.0 - float(jnp.mean(mask.astype(jnp.float32)))))
         pos += len(stage)
         if sequential and pos < len(order):
             data = capture(order[pos:])
-    masks = model_masks(new, masks_by_param)
-    return new, masks, PruneSummary(method, tuple(report), tuple(skipped))
+    return masks_by_param, report
+
+
+def _param_site(path: str, shape: tuple[int, ...], spec: Any) -> WeightSite:
+    """A :class:`WeightSite` for the leaf ``path`` of a parameter tree from a user description."""
+    mpath, _, name = path.rpartition(".")
+    if isinstance(spec, WeightSite):
+        if spec.full_path != path or spec.shape != tuple(shape):
+            raise ValueError(f"`sites[{path!r}]` describes {spec.full_path!r} of shape {spec.shape}, but the leaf "
+                             f"has shape {tuple(shape)}.")
+        return spec
+    if isinstance(spec, Mapping):
+        contract, batch = spec.get("contract"), tuple(spec.get("batch", ()))
+        unknown = set(spec) - {"contract", "batch"}
+        if unknown:
+            raise ValueError(f"`sites[{path!r}]` keys must be 'contract' and 'batch', got {sorted(unknown)}.")
+    else:
+        contract, batch = spec, ()
+    if isinstance(contract, (int, np.integer)):
+        contract = (contract,)
+    if not isinstance(contract, (tuple, list)) or not contract:
+        raise ValueError(f"`sites[{path!r}]` must give the contracted axes (an int, a tuple, or "
+                         f"{{'contract': ..., 'batch': ...}}), got {spec!r}.")
+    nd = len(shape)
+    ax = [a % nd if -nd <= a < nd else None for a in tuple(contract) + batch]
+    if None in ax or len(set(ax)) != len(ax):
+        raise ValueError(f"`sites[{path!r}]` axes {tuple(contract) + batch} are invalid for a leaf of shape "
+                         f"{tuple(shape)}.")
+    c, b = tuple(sorted(ax[:len(contract)])), tuple(sorted(ax[len(contract):]))
+    out = tuple(a for a in range(nd) if a not in c and a not in b)
+    return WeightSite(path=mpath, name=name, kind="param", shape=tuple(int(d) for d in shape), contract=c,
+                      out=out, batch=b)
+
+
+def prune_params(
+    params: Any,
+    rules: Any,
+    *,
+    method: str = "sparsegpt",
+    apply_fn: Callable[..., Any] | None = None,
+    example_inputs: tuple | None = None,
+    example_kwargs: Mapping[str, Any] | None = None,
+    calibration_data: Mapping[str, Any] | None = None,
+    sites: Mapping[str, Any] | None = None,
+    sequential: bool = False,
+    block_size: int = 128,
+    damp: float = 0.01,
+) -> tuple[Any, Any, PruneSummary]:
+    """:func:`prune_model` for a plain parameter pytree (e.g. a Flax Linen model's ``params``).
+
+    Weight sites come from, in this order: ``sites`` (``{leaf path: contracted axes}``, e.g.
+    ``{"encoder.w": (0,)}`` or ``{"experts.w": {"contract": (1,), "batch": (0,)}}``, or
+    :class:`WeightSite` s); else tracing ``apply_fn(params, *example_inputs)`` (every Linen
+    ``nn.Dense``, ``nn.DenseGeneral``, ``nn.Einsum`` and any other ``dot_general`` of a
+    parameter, see :class:`~jaxeff._core.layers.ParamsFn`); else every 2-D leaf named
+    ``kernel`` as a Linen ``nn.Dense`` (``[in, out]``). Calibration inputs are captured by
+    running ``apply_fn`` on ``example_inputs`` unless ``calibration_data`` ``{site path: X}``
+    is given. Leaf paths are dotted key paths (``"Dense_0.kernel"``); the site path (rule
+    target) is the parent (``"Dense_0"``).
+
+    Args:
+        params: the parameter pytree (not modified).
+        rules, method, sequential, block_size, damp: as in :func:`prune_model`.
+        apply_fn: ``apply_fn(params, *inputs, **kw)``, e.g.
+            ``lambda p, x: module.apply({"params": p}, x)``.
+        example_inputs, example_kwargs: inputs of ``apply_fn`` for tracing and capture.
+        calibration_data: ``{site path: X [*batch, n, K]}``.
+        sites: explicit site descriptions (see above).
+
+    Returns:
+        ``(new_params, masks, summary)``; ``masks`` has the structure of ``params`` with a
+        boolean mask per pruned leaf and ``None`` elsewhere.
+
+    Example:
+        >>> new, masks, summary = prune_params(variables["params"], 0.5,
+        ...     apply_fn=lambda p, x: module.apply({"params": p}, x), example_inputs=(x,))  # doctest: +SKIP
+    """
+    from jaxeff._core.layers import ParamsFn, keypath_str
+
+    check_choice("method", method, _METHODS)
+    check_positive("damp", damp)
+    if not isinstance(block_size, (int, np.integer)) or block_size < 1:
+        raise ValueError(f"`block_size` must be a positive integer, got {block_size!r}.")
+    rule_list = _as_rules(rules)
+    if example_inputs is not None and not isinstance(example_inputs, tuple):
+        raise ValueError(f"`example_inputs` must be a tuple of positional inputs, got {type(example_inputs)}.")
+    if apply_fn is not None and not callable(apply_fn):
+        raise ValueError("`apply_fn` must be a callable apply_fn(params, *inputs).")
+    args, kwargs = example_inputs or (), dict(example_kwargs or {})
+    traced = apply_fn is not None and bool(args or kwargs)
+    needs_data = method != "magnitude"
+    if needs_data and calibration_data is None and not traced:
+        raise ValueError(f"method {method!r} needs `calibration_data` or `apply_fn` with `example_inputs`.")
+    if sequential and needs_data and not traced:
+        raise ValueError("`sequential=True` needs `apply_fn` and `example_inputs` to recapture inputs.")
+    flat, treedef = jax.tree_util.tree_flatten_with_path(params)
+    paths = [keypath_str(kp) for kp, _ in flat]
+    values = dict(zip(paths, (jnp.asarray(v) for _, v in flat)))
+
+    def current():
+        return jax.tree_util.tree_unflatten(treedef, [values[p] for p in paths])
+
+    if sites is not None:
+        if not isinstance(sites, Mapping):
+            raise ValueError("`sites` must be a mapping {leaf path: contracted axes | WeightSite}.")
+        unknown = sorted(set(sites) - set(paths))
+        if unknown:
+            raise ValueError(f"`sites` names leaves the params do not have: {unknown}.")
+        site_map = {}
+        for lp, spec in sites.items():
+            st = _param_site(lp, np.shape(values[lp]), spec)
+            site_map[st.path] = st
+    elif traced:
+        site_map = find_weight_sites(ParamsFn(apply_fn, params), *args, **kwargs)
+    else:
+        site_map = {}
+        for lp in paths:
+            if lp.rpartition(".")[2] == "kernel" and np.ndim(values[lp]) == 2:
+                st = WeightSite(path=lp.rpartition(".")[0], name="kernel", kind="linen.Dense",
+                                shape=tuple(np.shape(values[lp])), contract=(0,), out=(1,))
+                site_map[st.path] = st
+    todo, used, skipped = {}, [False] * len(rule_list), []
+    site_leaves = {s.full_path for s in site_map.values()}
+    for key, st in site_map.items():
+        m = _match(rule_list, st.path) or _match(rule_list, st.full_path)
+        if m is None:
+            continue
+        used[m[0]] = True
+        if m[1] is None:
+            skipped.append((st.path, "rule None"))
+        else:
+            todo[key] = (st, m[1])
+    for lp in paths:
+        if lp in site_leaves or np.ndim(values[lp]) < 2:
+            continue
+        mp = lp.rpartition(".")[0]
+        m = _match(rule_list, mp) or _match(rule_list, lp)
+        if m is None:
+            continue
+        used[m[0]] = True
+        if m[1] is None:
+            continue
+        why = "no weight site (not consumed by a traced matmul, or give its contracted axes in `sites`)"
+        if m[2]:
+            raise ValueError(f"rule {rule_list[m[0]][0]!r} selects the leaf {lp!r}, which has {why}.")
+        skipped.append((lp, why))
+    for (pat, _, explicit), u in zip(rule_list, used):
+        if explicit and not u:
+            raise ValueError(f"rule {pat!r} matches no parameter (weight sites: {sorted(site_map)[:12]}).")
+    order = list(todo)
+
+    def capture(remaining):
+        if not needs_data:
+            return None
+        if calibration_data is not None:
+            return calibration_data
+        return capture_inputs(ParamsFn(apply_fn, current()), *args, sites={k: todo[k][0] for k in remaining},
+                              **kwargs)
+
+    def read(site):
+        return values[site.full_path]
+
+    def write(site, w):
+        values[site.full_path] = w
+
+    masks_by_param, report = _prune_sites(todo, order, read, write, capture, sequential, method, block_size, damp)
+    masks = jax.tree_util.tree_unflatten(treedef, [masks_by_param.get(p) for p in paths])
+    return current(), masks, PruneSummary(method, tuple(report), tuple(skipped))
 
 
 def _get(root, path: str):

@@ -361,3 +361,53 @@ def test_sparsify_keeps_prune_model_masks_in_nnx_optimizer():
         sparsify(optax.sgd(1.0), masks={"a": None}).init(nnx.state(m2, nnx.Param))
     with pytest.raises(ValueError, match="schedule"):
         sparsify(optax.sgd(1.0))
+
+
+def test_prune_params_linen_and_plain_trees():
+    import flax.linen as nn
+
+    from jaxeff._core.layers import ParamsFn, capture_inputs
+    from jaxeff.prune import prune_params
+
+    class LinenNet(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            h = nn.Dense(12)(x)
+            h = nn.DenseGeneral((3, 4), axis=-1)(jax.nn.relu(h))
+            return nn.Einsum((3, 4, 8), "btnh,nhd->btd")(h)
+
+    net = LinenNet()
+    x = jax.random.normal(jax.random.key(0), (2, 5, 16))
+    params = net.init(jax.random.key(1), x)["params"]
+    apply = lambda p, x: net.apply({"params": p}, x)  # noqa: E731
+    new, masks, s = prune_params(params, 0.5, apply_fn=apply, example_inputs=(x,), block_size=8)
+    assert s.paths == ["Dense_0", "DenseGeneral_0", "Einsum_0"] and s.sparsity == pytest.approx(0.5)
+    acts = capture_inputs(ParamsFn(apply, params), x)
+    hand = {"Dense_0": lambda w: w, "DenseGeneral_0": lambda w: w.reshape(12, 12), "Einsum_0": lambda w: w.reshape(12, 8)}
+    for name, tomat in hand.items():
+        w_ref, m_ref = sparsegpt(tomat(params[name]["kernel"]), acts[name], 0.5, block_size=8)
+        np.testing.assert_allclose(tomat(new[name]["kernel"]), w_ref, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(tomat(masks[name]["kernel"]), m_ref)
+        assert masks[name].get("bias") is None
+    np.testing.assert_array_equal(new["Dense_0"]["bias"], params["Dense_0"]["bias"])
+    assert apply(new, x).shape == (2, 5, 8)
+    # without tracing: 2-D `kernel` leaves are nn.Dense; others need their axes in `sites`
+    new2, m2, s2 = prune_params(params, 0.5, method="magnitude")
+    assert s2.paths == ["Dense_0"] and any(p == "Einsum_0.kernel" for p, _ in s2.skipped)
+    with pytest.raises(ValueError, match="'Einsum_0.kernel'.*contracted axes in `sites`"):
+        prune_params(params, {"Einsum_0": 0.5}, method="magnitude")
+    new3, _, s3 = prune_params(params, {"Einsum_0": (2, 4)}, method="magnitude", sites={"Einsum_0.kernel": (0, 1)})
+    k = np.asarray(new3["Einsum_0"]["kernel"]).reshape(12, 8)
+    assert np.all((k.reshape(3, 4, 8) != 0).sum(1) == 2) and s3["Einsum_0"].kind == "param"
+    # a plain tree with a batch (expert) axis, pruned by Wanda from given inputs
+    tree = {"experts": {"w": jax.random.normal(jax.random.key(2), (2, 16, 6))}}
+    xe = jax.random.normal(jax.random.key(3), (2, 30, 16))
+    new4, m4, _ = prune_params(tree, {"experts": 0.25}, method="wanda", calibration_data={"experts": xe},
+                               sites={"experts.w": {"contract": (1,), "batch": (0,)}})
+    for e in range(2):
+        w_ref, _ = wanda(tree["experts"]["w"][e], xe[e], 0.25)
+        np.testing.assert_allclose(new4["experts"]["w"][e], w_ref)
+    with pytest.raises(ValueError, match="invalid for a leaf"):
+        prune_params(tree, 0.5, method="magnitude", sites={"experts.w": (5,)})
+    with pytest.raises(ValueError, match="leaves the params do not have"):
+        prune_params(tree, 0.5, method="magnitude", sites={"nope": (0,)})
