@@ -7,8 +7,10 @@
 * :func:`quantized_dot_general` / :func:`quantized_matmul` (int8 x int8 -> int32, fp8,
   weight-only, dynamic per-token W8A8).
 * PTQ: :func:`rtn`, :func:`gptq`, :func:`awq`, :func:`smoothquant`, :func:`quantease`.
-* :func:`quantize_model` (Flax NNX, module-path regex rules), :func:`save_quantized` /
-  :func:`load_quantized` (safetensors, bit-exact).
+* :func:`quantize_model` (Flax NNX, module-path regex rules over every layer kind: Linear,
+  LinearGeneral, Einsum, einsum-style user modules, registered and traced layers; true
+  quantized matmuls; calibration captured from ``example_inputs``), :func:`quantization_summary`,
+  :func:`save_quantized` / :func:`load_quantized` (safetensors, bit-exact).
 * Linen: :func:`quantize_params` / :func:`dequantize_params` / :func:`quantized_apply` /
   :func:`capture_dense_inputs`.
 """
@@ -25,9 +27,12 @@ from jaxeff.quant.model import (
     QuantizedParam,
     QuantizedTensor,
     QuantRule,
+    QuantSummary,
+    QuantSummaryRow,
     load_quantized,
     prepare_qat,
     quant_weight_bytes,
+    quantization_summary,
     quantize_model,
     save_quantized,
 )
@@ -57,6 +62,7 @@ __all__ = [
     "rtn", "gptq", "awq", "smoothquant", "quantease", "calibration_hessian",
     "layer_reconstruction_error", "fake_quant",
     "QuantRule", "QuantizedParam", "QuantizedLinear", "QuantizedEmbed", "QuantizedTensor", "QATLinear",
+    "QuantSummary", "QuantSummaryRow", "quantization_summary",
     "prepare_qat", "quantize_model", "quant_weight_bytes", "save_quantized", "load_quantized", "QUANT_METHODS",
     "QUANT_TARGETS", "quantize_params", "dequantize_params", "quantized_apply", "capture_dense_inputs",
 ]

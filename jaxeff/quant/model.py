@@ -857,8 +857,13 @@ def _discover(model: nnx.Module, example_inputs=None):
                 owner = get_by_path(model, s.path)
                 if isinstance(owner, (QuantizedLinear, QuantizedEmbed, nnx.Embed)):
                     continue
-                sites[k] = s
+                sites[s.full_path] = s  # keyed by the parameter's path (rules may also name its module)
     return sites, bad, embeds
+
+
+def _spellings(key: str, site: WeightSite) -> tuple[str, ...]:
+    """Paths a rule may name a site by: a traced weight by its parameter path or its module's path."""
+    return (key,) if site.kind != "traced" or not site.path else (key, site.path)
 
 
 def _free_params(model: nnx.Module, site_params: set):
@@ -1076,7 +1081,8 @@ def quantize_model(
     site_params = {s.full_path for s in sites.values()}
     free = _free_params(new, site_params)
     free_paths = [f"{mp}.{n}" if mp else n for mp, n, _, _ in free]
-    _check_rules_match(rules, {"linear": list(sites) + list(bad), "embed": embeds, "param": free_paths},
+    linear_paths = [p for k, st in sites.items() for p in _spellings(k, st)]
+    _check_rules_match(rules, {"linear": linear_paths + list(bad), "embed": embeds, "param": free_paths},
                        "layer, table or parameter")
     for path, reason in bad.items():
         r = _match(rules, path)
@@ -1093,9 +1099,15 @@ def quantize_model(
             setattr(mod, name, QuantizedTensor(_quantize_table(r, a, axis=a.ndim - 1)))
     todo = []
     for key, site in sites.items():
-        r = _match(rules, key)
+        r = _match(rules, _spellings(key, site))
         if r is not None and r.weight_fmt is not None:
             todo.append((key, site, r))
+    if sequential and inputs is not None:  # calibrate in forward order (first use in the traced pass)
+        uses, _ = _layers.trace_weight_uses(new, *inputs[0], **inputs[1])
+        first = {}
+        for i, u in enumerate(uses):
+            first.setdefault(u.param, i)
+        todo.sort(key=lambda t: first.get(t[1].full_path, len(uses)))
     need = [(k, s) for k, s, r in todo if r.method != "rtn"]
     if need and calibration_data is None and inputs is None:
         methods = sorted({r.method for *_, r in todo if r.method != "rtn"})

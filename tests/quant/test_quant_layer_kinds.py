@@ -1,0 +1,413 @@
+"""quantize_model / prepare_qat / save-load on every layer kind, checked against numpy.
+
+Each layer kind (nnx.Linear, nnx.LinearGeneral, nnx.Einsum, an einsum-style user module like
+google-tunix's ``Einsum``, a batched per-expert einsum, a weight stored [out, in], a layer
+found only by tracing) is quantized and compared with the same operation done by hand in
+numpy: RTN codes from the weight's matrix layout, per-token activation codes for W8A8, and
+``np.einsum`` of the dequantized operands.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from jaxeff._core.layers import capture_inputs, einsum_site, register_layer_kind
+from jaxeff.quant import (
+    QATLinear,
+    QuantizedLinear,
+    QuantizedTensor,
+    QuantRule,
+    gptq,
+    load_quantized,
+    prepare_qat,
+    quantization_summary,
+    quantize_model,
+    save_quantized,
+)
+
+
+class UserEinsum(nnx.Module):
+    """An einsum-style layer as real model code writes it (tunix/Gemma): ``einsum_str`` + ``w``."""
+
+    def __init__(self, einsum_str, shape, *, rngs):
+        self.einsum_str = einsum_str
+        self.shape = shape
+        self.w = nnx.Param(jax.random.normal(rngs.params(), shape))
+
+    def __call__(self, x):
+        return jnp.einsum(self.einsum_str, x, self.w[...])
+
+
+class Wrap(nnx.Module):
+    def __init__(self, layer):
+        self.layer = layer
+
+    def __call__(self, x):
+        return self.layer(x)
+
+
+def _rngs():
+    return nnx.Rngs(0)
+
+
+def _rand_bias(layer):
+    if getattr(layer, "bias", None) is not None and layer.bias.get_value() is not None:
+        b = layer.bias[...]
+        layer.bias[...] = jax.random.normal(jax.random.key(7), b.shape)
+    return layer
+
+
+# (name, layer factory, input shape, numpy equation of layer(x) without bias, x axes contracted)
+KINDS = [
+    ("linear", lambda: nnx.Linear(12, 8, rngs=_rngs()), (2, 5, 12), "btk,kn->btn", (2,)),
+    ("linear_general", lambda: nnx.LinearGeneral((3, 4), (2, 5), axis=(-2, -1), rngs=_rngs()), (6, 3, 4),
+     "tij,ijab->tab", (1, 2)),
+    ("linear_general_mid", lambda: nnx.LinearGeneral(3, (2, 5), axis=1, rngs=_rngs()), (4, 3, 6),
+     "tiu,iab->tuab", (1,)),
+    ("nnx_einsum_bias", lambda: nnx.Einsum("btd,dnh->btnh", (12, 2, 4), (2, 4), rngs=_rngs()), (2, 3, 12),
+     "btd,dnh->btnh", (2,)),
+    ("user_einsum_q", lambda: UserEinsum("BTD,DNH->BTNH", (12, 4, 3), rngs=_rngs()), (2, 3, 12),
+     "BTD,DNH->BTNH", (2,)),
+    ("user_einsum_o", lambda: UserEinsum("BTNH,NHD->BTD", (4, 3, 10), rngs=_rngs()), (2, 3, 4, 3),
+     "BTNH,NHD->BTD", (2, 3)),
+    ("user_einsum_ellipsis", lambda: UserEinsum("...d,df->...f", (12, 6), rngs=_rngs()), (2, 3, 12),
+     "btd,df->btf", (2,)),
+    ("out_in_layout", lambda: UserEinsum("btd,hd->bth", (6, 12), rngs=_rngs()), (2, 3, 12), "btd,hd->bth", (2,)),
+    ("expert_batch", lambda: UserEinsum("ebd,edf->ebf", (3, 12, 5), rngs=_rngs()), (3, 4, 12), "ebd,edf->ebf",
+     (2,)),
+]
+
+
+def _weight_and_bias(layer):
+    name = "w" if isinstance(layer, UserEinsum) else "kernel"
+    w = np.asarray(getattr(layer, name)[...], np.float64)
+    b = getattr(layer, "bias", None)
+    b = None if b is None or b.get_value() is None else np.asarray(b[...], np.float64)
+    return w, b
+
+
+def _np_rtn(m, bits=8, group=None):
+    """Symmetric absmax RTN of a matrix [*batch, K, N]: one scale per column (per group of rows)."""
+    qmax = 2 ** (bits - 1) - 1
+    K = m.shape[-2]
+    g = K if group is None else group
+    mg = m.reshape(*m.shape[:-2], K // g, g, m.shape[-1])
+    s = np.abs(mg).max(axis=-2, keepdims=True) / qmax
+    s = np.where(s == 0, 1.0, s)
+    q = np.clip(np.round(mg / s), -qmax - 1, qmax)
+    return (q * s).reshape(m.shape), q.reshape(m.shape)
+
+
+def _add_bias(y, b, kind):
+    if b is None:
+        return y
+    if kind == "nnx_einsum_bias":  # bias (n, h) broadcast over the "btnh" output
+        return y + b[None, None]
+    return y + b
+
+
+@pytest.mark.parametrize("name,make,xshape,eq,xc", KINDS, ids=[k[0] for k in KINDS])
+def test_weight_only_and_w8a8_match_numpy(name, make, xshape, eq, xc):
+    layer = _rand_bias(make())
+    model = Wrap(layer)
+    x = jax.random.normal(jax.random.key(1), xshape)
+    w, b = _weight_and_bias(layer)
+    y = np.asarray(model(x))
+    np.testing.assert_allclose(y, _add_bias(np.einsum(eq, np.asarray(x, np.float64), w), b, name), rtol=1e-4,
+                               atol=1e-4)
+    site = einsum_site(eq, w.shape) if name not in ("linear_general", "linear_general_mid") else None
+    qm, summary = quantize_model(model, QuantRule(weight_fmt="int8"), return_summary=True)
+    q = qm.layer
+    assert isinstance(q, QuantizedLinear) and summary.paths == ("layer",)
+    assert q.shape == w.shape
+    if isinstance(layer, UserEinsum):  # the original's plain attributes are kept
+        assert q.einsum_str == layer.einsum_str
+    # the dequantized kernel is numpy's RTN of the weight's matrix layout
+    s = q.site
+    mat = np.asarray(s.matrix(jnp.asarray(w, jnp.float32)), np.float64)
+    deq, codes = _np_rtn(mat)
+    np.testing.assert_array_equal(np.asarray(q.qarray.codes()), codes.astype(np.int8))
+    np.testing.assert_allclose(np.asarray(s.matrix(q.dequantized_kernel())), deq, rtol=1e-6, atol=1e-7)
+    if site is not None:
+        assert (site.contract, site.out, site.batch) == (s.contract, s.out, s.batch)
+    wd = np.asarray(q.dequantized_kernel(), np.float64)
+    xn = np.asarray(x, np.float64)
+    yq = np.asarray(qm(x))
+    assert yq.shape == y.shape and yq.dtype == y.dtype
+    np.testing.assert_allclose(yq, _add_bias(np.einsum(eq, xn, wd), b, name), rtol=1e-5, atol=1e-5)
+    # W8A8: per-token int8 activations (one scale over the contracted axes), int8 x int8 -> int32
+    qa = quantize_model(model, QuantRule(weight_fmt="int8", act_fmt="int8"))
+    xs = np.abs(xn).max(axis=xc, keepdims=True) / 127
+    xq = np.clip(np.round(xn / xs), -128, 127) * xs
+    np.testing.assert_allclose(np.asarray(qa(x)), _add_bias(np.einsum(eq, xq, wd), b, name), rtol=1e-5, atol=1e-5)
+    jaxpr = str(jax.make_jaxpr(lambda xx: qa(xx))(x))
+    assert "preferred_element_type=int32" in jaxpr  # a real integer matmul, not a dequantized kernel
+    # int4 with groups along the contracted axes: weight-only, still numpy's grouped RTN
+    k = s.in_features
+    qg = quantize_model(model, QuantRule(weight_fmt="int4", group_size=k // 2 if k % 2 == 0 else None))
+    deq4, _ = _np_rtn(mat, bits=4, group=k // 2 if k % 2 == 0 else None)
+    np.testing.assert_allclose(np.asarray(s.matrix(qg.layer.dequantized_kernel())), deq4, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(np.asarray(qg(x)), _add_bias(np.einsum(eq, xn, np.asarray(
+        qg.layer.dequantized_kernel(), np.float64)), b, name), rtol=1e-5, atol=1e-5)
+    # fp8 x fp8 runs an fp8 dot with float32 accumulation
+    qf = quantize_model(model, QuantRule(weight_fmt="e4m3", act_fmt="e4m3"))
+    assert "float8_e4m3fn" in str(jax.make_jaxpr(lambda xx: qf(xx))(x))
+    assert np.linalg.norm(np.asarray(qf(x)) - y) < 0.1 * np.linalg.norm(y)
+    # under jit too
+    np.testing.assert_allclose(np.asarray(nnx.jit(lambda m_, xx: m_(xx))(qm, x)), yq, rtol=1e-5, atol=1e-5)
+
+
+def _calib_model():
+    class Attn(nnx.Module):
+        def __init__(self, rngs):
+            self.q = nnx.Einsum("btd,dnh->btnh", (16, 4, 4), rngs=rngs)
+            self.o = UserEinsum("btnh,nhd->btd", (4, 4, 16), rngs=rngs)
+            self.mlp = nnx.LinearGeneral(16, (2, 8), rngs=rngs)
+
+        def __call__(self, x):
+            h = jax.nn.gelu(self.q(x))
+            h = self.o(h)
+            return self.mlp(h)
+
+    return Attn(nnx.Rngs(3))
+
+
+def test_gptq_on_einsum_equals_gptq_by_hand_on_matrix_and_captured_inputs():
+    model = _calib_model()
+    x = jax.random.normal(jax.random.key(0), (4, 8, 16))
+    rule = QuantRule(weight_fmt="int4", group_size=8, method="gptq")
+    qm = quantize_model(model, rule, example_inputs=(x,))
+    cap = capture_inputs(model, x)
+    for path in ("q", "o", "mlp"):
+        site = getattr(qm, path).site
+        w = getattr(model, path)
+        w = (w.w if path == "o" else w.kernel)[...]
+        ref = gptq(site.matrix(w), x=cap[path], fmt="int4", group_size=8)
+        got = getattr(qm, path).qarray
+        np.testing.assert_array_equal(np.asarray(got.qvalue), np.asarray(ref.qvalue))
+        np.testing.assert_array_equal(np.asarray(got.scale), np.asarray(ref.scale))
+    # the captured input of the o-projection is the [tokens, N*H] activation the layer sees
+    h = jax.nn.gelu(model.q(x))
+    np.testing.assert_allclose(np.asarray(cap["o"]), np.asarray(h).reshape(-1, 16), rtol=1e-6)
+    # the old {path: X} mapping gives the same result
+    qm2 = quantize_model(model, rule, calibration_data=cap)
+    np.testing.assert_array_equal(np.asarray(qm2.o.qvalue[...]), np.asarray(qm.o.qvalue[...]))
+    # GPTQ beats RTN on the output
+    y = model(x)
+    e = lambda m: float(jnp.linalg.norm(m(x) - y))
+    assert e(qm) < e(quantize_model(model, QuantRule(weight_fmt="int4", group_size=8)))
+
+
+def test_sequential_calibration_uses_the_quantized_prefix():
+    model = _calib_model()
+    x = jax.random.normal(jax.random.key(0), (4, 8, 16))
+    rule = QuantRule(weight_fmt="int3", method="gptq")
+    qs = quantize_model(model, rule, example_inputs=x, sequential=True)
+    # by hand, in forward order: q on the float inputs, o on the quantized q's output, mlp after both
+    ref_q = gptq(qs.q.site.matrix(model.q.kernel[...]), x=x, fmt="int3")
+    h = jax.nn.gelu(qs.q(x))
+    ref_o = gptq(qs.o.site.matrix(model.o.w[...]), x=h.reshape(-1, 16), fmt="int3")
+    ref_mlp = gptq(qs.mlp.site.matrix(model.mlp.kernel[...]), x=qs.o(h).reshape(-1, 16), fmt="int3")
+    for got, ref in ((qs.q, ref_q), (qs.o, ref_o), (qs.mlp, ref_mlp)):
+        np.testing.assert_array_equal(np.asarray(got.qvalue[...]), np.asarray(ref.qvalue))
+    # a non-sequential run differs (mlp saw float inputs)
+    qn = quantize_model(model, rule, example_inputs=x)
+    assert not np.array_equal(np.asarray(qn.mlp.qvalue[...]), np.asarray(qs.mlp.qvalue[...]))
+
+
+@pytest.mark.parametrize("method,act", [("awq", None), ("smoothquant", "int8")])
+def test_awq_smoothquant_on_einsum_layers(method, act):
+    model = _calib_model()
+    x = jax.random.normal(jax.random.key(0), (4, 8, 16))
+    qm = quantize_model(model, QuantRule(weight_fmt="int8" if act else "int4", act_fmt=act, method=method),
+                        example_inputs=(x,))
+    assert qm.o.input_scale is not None and qm.o.input_scale[...].shape == (16,)
+    h = np.asarray(jax.nn.gelu(qm.q(x)), np.float64)
+    wd = np.asarray(qm.o.dequantized_kernel(), np.float64)
+    if act is None:
+        np.testing.assert_allclose(np.asarray(qm.o(jnp.asarray(h, jnp.float32))), np.einsum("btnh,nhd->btd", h, wd),
+                                   rtol=1e-4, atol=1e-4)
+    else:  # SmoothQuant: (h / s) quantized per token to int8, times the int8 matrix of diag(s) W
+        hs = h.reshape(-1, 16) / np.asarray(qm.o.input_scale[...], np.float64)
+        sx = np.abs(hs).max(axis=1, keepdims=True) / 127
+        ref = (np.clip(np.round(hs / sx), -128, 127) * sx) @ np.asarray(qm.o.qarray.dequantize(), np.float64)
+        np.testing.assert_allclose(np.asarray(qm.o(jnp.asarray(h, jnp.float32))).reshape(-1, 16), ref, rtol=1e-4,
+                                   atol=1e-4)
+        assert "preferred_element_type=int32" in str(jax.make_jaxpr(lambda v: qm.o(v))(jnp.asarray(h, jnp.float32)))
+    y, yq = model(x), qm(x)
+    assert float(jnp.linalg.norm(yq - y) / jnp.linalg.norm(y)) < 0.2
+
+
+def test_batched_expert_einsum_gptq_is_per_expert():
+    model = Wrap(UserEinsum("ebd,edf->ebf", (3, 16, 5), rngs=nnx.Rngs(0)))
+    x = jax.random.normal(jax.random.key(0), (3, 32, 16))
+    qm = quantize_model(model, QuantRule(weight_fmt="int4", group_size=8, method="gptq"), example_inputs=(x,))
+    w = model.layer.w[...]
+    for e in range(3):
+        ref = gptq(w[e], x=x[e], fmt="int4", group_size=8)
+        np.testing.assert_array_equal(np.asarray(qm.layer.qvalue[...][e]), np.asarray(ref.qvalue))
+    np.testing.assert_allclose(np.asarray(qm(x)), np.einsum("ebd,edf->ebf", np.asarray(x),
+                                                              np.asarray(qm.layer.dequantized_kernel())),
+                               rtol=1e-4, atol=1e-4)
+    bad = {"layer": x[0]}
+    with pytest.raises(ValueError, match=r"calibration_data\['layer'\]"):
+        quantize_model(model, QuantRule(weight_fmt="int4", method="gptq"), calibration_data=bad)
+
+
+class Traced(nnx.Module):
+    """A user layer that is not einsum-style: only tracing finds its matmul."""
+
+    def __init__(self, rngs):
+        self.w = nnx.Param(jax.random.normal(rngs.params(), (6, 12)))  # [out, in]
+        self.proj = nnx.Linear(6, 4, rngs=rngs)
+
+    def __call__(self, x):
+        return self.proj(jax.nn.relu(x @ self.w.T))
+
+
+def test_traced_layer_is_dequantized_on_read_and_needs_example_inputs():
+    model = Traced(nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(1), (5, 12))
+    with pytest.raises(ValueError, match=r"matches no .*available paths: \['proj'\]"):
+        quantize_model(model, QuantRule(pattern="w", weight_fmt="int8"))  # found only by tracing
+    qm, summary = quantize_model(model, QuantRule(weight_fmt="int4", group_size=6, method="gptq"),
+                                 example_inputs=(x,), return_summary=True)
+    assert isinstance(qm.w, QuantizedTensor) and isinstance(qm.proj, QuantizedLinear)
+    row = {r.path: r for r in summary}["w"]
+    assert row.kind == "traced" and row.execution == "weight-only (dequantized)" and row.shape == (6, 12)
+    site = qm.w.get_metadata("site")
+    assert (site.contract, site.out) == ((1,), (0,))
+    ref = gptq(site.matrix(model.w[...]), x=x, fmt="int4", group_size=6)
+    np.testing.assert_array_equal(np.asarray(qm.w.get_value().qvalue), np.asarray(ref.qvalue))
+    wd = np.asarray(site.unmatrix(ref.dequantize()))
+    np.testing.assert_allclose(np.asarray(qm.w[...]), wd)
+    h = np.maximum(np.asarray(x) @ wd.T, 0)
+    np.testing.assert_allclose(np.asarray(qm(x)), np.asarray(qm.proj(jnp.asarray(h))), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="'w'.*dequantize-on-read"):
+        quantize_model(model, QuantRule(weight_fmt="int8", act_fmt="int8"), example_inputs=(x,))
+
+
+def test_rules_matching_nothing_and_unsupported_layers_raise():
+    model = _calib_model()
+    with pytest.raises(ValueError, match=r"pattern 'attn.*matches no .*available paths: \['mlp', 'o', 'q'\]"):
+        quantize_model(model, QuantRule(pattern=r"attn\.q", weight_fmt="int8"))
+    with pytest.raises(ValueError, match=r"pattern 'attn.*matches no"):
+        prepare_qat(model, QuantRule(pattern=r"attn\.q", weight_fmt="int8"))
+    quantize_model(model, QuantRule(pattern=r"attn\.q", weight_fmt=None))  # exclusions may match nothing
+
+    class WithConv(nnx.Module):
+        def __init__(self, rngs):
+            self.conv = nnx.Conv(3, 4, (3,), rngs=rngs)
+            self.lin = nnx.Linear(4, 2, rngs=rngs)
+
+    m = WithConv(nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"layer 'conv' .*Conv"):
+        quantize_model(m, QuantRule(weight_fmt="int8"))
+    qm = quantize_model(m, QuantRule(pattern="lin", weight_fmt="int8"))
+    assert type(qm.conv) is nnx.Conv
+
+
+def test_einsum_str_override_and_registered_kind():
+    layer = _rand_bias(nnx.Einsum("btd,dnh->btnh", (8, 2, 4), (2, 4), rngs=nnx.Rngs(0)))
+    qm = quantize_model(layer, QuantRule(weight_fmt="int8"))  # the root layer itself
+    x = jax.random.normal(jax.random.key(0), (2, 3, 8))
+    wd = np.asarray(qm.dequantized_kernel())
+    np.testing.assert_allclose(np.asarray(qm(jnp.swapaxes(x, 0, 1), "tbd,dnh->bnth")),
+                               np.einsum("btd,dnh->bnth", np.asarray(x), wd) + np.asarray(layer.bias[...])[None, :, None, :],
+                               rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="einsum_str"):
+        qm(x, "btn,dnh->btdh")
+
+    class Scaled(nnx.Module):  # a user layer: y = x @ W[in, out] written with lax.dot_general
+        def __init__(self, rngs):
+            self.weight = nnx.Param(jax.random.normal(rngs.params(), (8, 3)))
+
+        def __call__(self, x):
+            return jax.lax.dot_general(x, self.weight[...], (((x.ndim - 1,), (0,)), ((), ())))
+
+    register_layer_kind(Scaled, lambda m, p: einsum_site("...i,io->...o", m.weight.shape, path=p, name="weight",
+                                                         kind="Scaled"))
+    m = Wrap(Scaled(nnx.Rngs(1)))
+    qm, summary = quantize_model(m, QuantRule(weight_fmt="int8", act_fmt="int8"), return_summary=True)
+    assert isinstance(qm.layer, QuantizedLinear) and summary[0].kind == "Scaled"
+    assert summary[0].execution == "int8 x int8 -> int32"
+    assert float(jnp.linalg.norm(qm(x) - m(x)) / jnp.linalg.norm(m(x))) < 0.02
+
+
+def test_qat_on_einsum_trains_and_converts_exactly():
+    model = _calib_model()
+    x = jax.random.normal(jax.random.key(0), (4, 8, 16))
+    target = jax.random.normal(jax.random.key(1), (4, 8, 2, 8))
+    rule = QuantRule(weight_fmt="int4", group_size=8)
+    qat = prepare_qat(model, rule)
+    assert all(isinstance(getattr(qat, p), QATLinear) for p in ("q", "o", "mlp"))
+    assert qat.o.einsum_str == "btnh,nhd->btd" and qat.o.w[...].shape == (4, 4, 16)
+    # the QAT forward is the original layer on the fake-quantized weight
+    fq = np.asarray(qat.o.fake_quantized_kernel(), np.float64)
+    mat = np.asarray(qat.o.site.matrix(model.o.w[...]), np.float64)
+    np.testing.assert_allclose(np.asarray(qat.o.site.matrix(jnp.asarray(fq))), _np_rtn(mat, 4, 8)[0], rtol=1e-6,
+                               atol=1e-7)
+    opt = nnx.Optimizer(qat, optax.adam(1e-2), wrt=nnx.Param)
+    loss = lambda m: jnp.mean((m(x) - target) ** 2)
+    l0 = float(loss(qat))
+    w0 = np.asarray(qat.o.w[...])
+
+    @nnx.jit
+    def step(m, o):
+        l, g = nnx.value_and_grad(loss)(m)
+        o.update(m, g)
+        return l
+
+    for _ in range(3):
+        step(qat, opt)
+    assert float(loss(qat)) < l0 and not np.array_equal(w0, np.asarray(qat.o.w[...]))
+    qm = quantize_model(qat, rule)
+    assert all(isinstance(getattr(qm, p), QuantizedLinear) for p in ("q", "o", "mlp"))
+    np.testing.assert_allclose(np.asarray(qm(x)), np.asarray(qat(x)), rtol=1e-4, atol=1e-4)
+
+
+def test_save_load_round_trip_of_einsum_and_traced_layers(tmp_path):
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            self.inner = _calib_model()
+            self.t = Traced(rngs)
+            self.head = nnx.Einsum("...d,dv->...v", (4, 8), rngs=rngs)
+
+        def __call__(self, x):
+            h = self.inner(x)  # [4, 8, 2, 8]
+            return self.head(self.t(h.reshape(*h.shape[:2], 16)[..., :12]))
+
+    model = Net(nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(0), (4, 8, 16))
+    rules = [QuantRule(pattern=r"inner\.q", weight_fmt="int8", act_fmt="int8", method="smoothquant"),
+             QuantRule(pattern=r"inner\..*", weight_fmt="int4", group_size=8, scale_dtype="bfloat16", method="gptq"),
+             QuantRule(weight_fmt="e4m3")]
+    qm, summary = quantize_model(model, rules, example_inputs=(x,), return_summary=True)
+    assert set(summary.paths) == {"inner.q", "inner.o", "inner.mlp", "t.w", "t.proj", "head"}
+    f = tmp_path / "m.safetensors"
+    save_quantized(f, qm)
+    fresh = Net(nnx.Rngs(5))
+    back = load_quantized(f, fresh)
+    a, b = jax.tree.leaves(nnx.state(qm)), jax.tree.leaves(nnx.state(back))
+    assert len(a) == len(b)
+    for u, v in zip(a, b):
+        assert u.dtype == v.dtype and u.shape == v.shape
+        np.testing.assert_array_equal(np.asarray(u).view(np.uint8), np.asarray(v).view(np.uint8))
+    np.testing.assert_array_equal(np.asarray(back(x)), np.asarray(qm(x)))
+    assert str(quantization_summary(back)) == str(summary)
+    with pytest.raises(ValueError, match="inner.o"):
+        other = Net(nnx.Rngs(0))
+        other.inner.o = UserEinsum("btnh,nhd->btd", (4, 4, 12), rngs=nnx.Rngs(0))
+        load_quantized(f, other)
+
+
+def test_summary_table_and_bytes():
+    model = _calib_model()
+    qm, summary = quantize_model(model, QuantRule(weight_fmt="int8"), return_summary=True)
+    text = str(summary)
+    assert "nnx.Einsum" in text and "nnx.LinearGeneral" in text and "einsum" in text
+    row = {r.path: r for r in summary}["o"]
+    assert row.bytes_before == 4 * 256 and row.bytes_after == 256 + 4 * 16  # int8 codes + one f32 scale per column
+    assert summary == quantization_summary(qm)
