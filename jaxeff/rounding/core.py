@@ -225,7 +225,10 @@ def _kernel_grid(x: jax.Array, grid: FixedGrid, mode: str, r: jax.Array | None) 
     else:  # pragma: no cover
         raise ValueError(mode)
     out = jnp.where(go_up, hi, lo)
-    return jnp.where(jnp.isfinite(x), out, x)
+    # |x / step| beyond the float range: the grid is finer than the floats near x, x itself is
+    # the closest representable value (and k * step would overflow to inf / NaN)
+    ok = jnp.isfinite(x) & jnp.isfinite(lo) & jnp.isfinite(hi)
+    return jnp.where(ok, out, x)
 
 
 @functools.partial(jax.jit, static_argnames=("fmt", "mode", "noise"))
@@ -301,6 +304,14 @@ def round_to(
             "`x` of dtype float64 is not supported for FloatFormat targets (formats are at most "
             "float32 wide): cast it to float32 first."
         )
+    if isinstance(fmt, FixedGrid):
+        dt = x.dtype if x.dtype in (jnp.float32, jnp.float64) else jnp.dtype(jnp.float32)
+        fi = jnp.finfo(dt)
+        if not (float(fi.tiny) <= fmt.step <= float(fi.max)):
+            raise ValueError(
+                f"grid `step` {fmt.step!r} is not a normal {dt} number (allowed [{float(fi.tiny):g}, "
+                f"{float(fi.max):g}]); rounding is done in {dt}: use a coarser step or float64 input."
+            )
     bits = None
     if mode in _STOCHASTIC:
         if isinstance(noise, str):

@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jaxeff._core.validation import check_choice, check_key
@@ -74,6 +75,9 @@ def sr_apply_updates(key: jax.Array, params: Any, updates: Any, fmt: Any = "bf16
     for i, (p, u) in enumerate(zip(p_leaves, u_leaves)):
         if u is None:
             out.append(p)
+        elif np.shape(u) != np.shape(p):
+            raise ValueError(f"update leaf {i} has shape {np.shape(u)} but its param has shape {np.shape(p)}; "
+                             "updates must match params exactly (no broadcasting).")
         elif _is_float(p):
             s = jnp.asarray(p).astype(jnp.float32) + jnp.asarray(u).astype(jnp.float32)
             out.append(round_to(s, fmt, "stochastic", key=keys[i], noise=noise))

@@ -118,6 +118,8 @@ def sr_test_matrix(key: jax.Array, n: int, d: int, *, sigma_min: float = 0.0, dt
       key: ``jax.random.key``.
       n, d: shape (tall: n >= d).
       sigma_min: the smallest singular value of the result (0: rank deficient, §5.1; 1e-2: §5.3).
+        It must stay below the other singular values and the entries inside [-1, 1]; a
+        ``ValueError`` is raised when no draw in 100 attempts reaches it.
       dtype: float32 (default) or float64 (needs ``jax_enable_x64``).
 
     Example:
@@ -137,19 +139,24 @@ def sr_test_matrix(key: jax.Array, n: int, d: int, *, sigma_min: float = 0.0, dt
         G = jax.random.normal(jax.random.fold_in(key, attempt), (int(n), int(d)), dtype)
         U, S, Vt = jnp.linalg.svd(G, full_matrices=False)
         mx = jnp.max(jnp.abs(G))
-        S = S.at[-1].set(jnp.minimum(S[-1], sigma_min * mx))
+        target = sigma_min * mx
+        if int(d) > 1 and float(target) > float(S[-2]):
+            continue  # sigma_min would not be the smallest singular value of this draw
+        S = S.at[-1].set(target)
         A = (U * S) @ Vt / mx
         if float(jnp.max(jnp.abs(A))) <= 1.0:
             return A
-    raise ValueError("could not draw a matrix inside [-1, 1] in 100 attempts; lower `sigma_min`.")
+    raise ValueError(f"could not draw a matrix inside [-1, 1] with smallest singular value `sigma_min` = {sigma_min} "
+                     "in 100 attempts; lower `sigma_min`.")
 
 
 def sr_stack_copies(A: Any, k: int) -> jax.Array:
     r"""``k`` vertical copies of ``A`` divided by :math:`\sqrt{k}` (same singular values, k·n rows)."""
     check_ndim("A", A, 2)
-    check_in_range("k", k, 1, None)
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(f"`k` must be a positive int (number of copies), got {k!r}.")
     A = jnp.asarray(A)
-    return jnp.tile(A, (int(k), 1)) / jnp.sqrt(jnp.asarray(k, A.dtype))
+    return jnp.tile(A, (int(k), 1)) / jnp.sqrt(jnp.asarray(int(k), A.dtype))
 
 
 def sr_controlled_variance_matrix(
