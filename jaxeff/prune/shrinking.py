@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxeff._core.layers import WeightSite, static_sites
+from jaxeff._core.layers import WeightSite, capture_inputs, static_sites
 from jaxeff._core.validation import check_choice, check_in_range
 from jaxeff.prune.osscar import least_squares_refit, osscar, osscar_heads
 
@@ -505,7 +505,7 @@ def group_masks(
 
 def prune_structured(
     model: nnx.Module,
-    activations: Mapping[str, Any] | Callable[[nnx.Module], Mapping[str, Any]],
+    activations: Mapping[str, Any] | Callable[[nnx.Module], Mapping[str, Any]] | None,
     sparsity: float,
     *,
     method: str = "osscar",
@@ -513,6 +513,7 @@ def prune_structured(
     damp: float = 0.01,
     local_search_iters: int = 50,
     sites: Mapping[str, WeightSite] | None = None,
+    example_inputs: tuple | None = None,
 ) -> tuple[nnx.Module, dict[str, jax.Array]]:
     """Remove a fraction of the groups (neurons, heads or KV groups) of every matching module, one-shot.
 
@@ -542,6 +543,9 @@ def prune_structured(
         (whole KV groups).
       damp, local_search_iters: passed to OSSCAR / the refit.
       sites: weight sites (default: static recognition of the layer kinds).
+      example_inputs: with ``activations=None``, positional model inputs from which the
+        consumers' inputs are captured (:func:`~jaxeff._core.layers.capture_inputs`), e.g.
+        ``(token_ids,)``.
     Returns:
       ``(masked_model, keep)``: a copy whose dropped consumer rows are zero, and the kept group
       indices per module path; ``shrink(masked_model, keep)`` then makes it physically smaller
@@ -559,6 +563,15 @@ def prune_structured(
     check_choice("method", method, ("osscar", "magnitude", "magnitude-norefit"))
     check_in_range("sparsity", sparsity, 0.0, 1.0, high_inclusive=False)
     patterns = (pattern,) if isinstance(pattern, ShrinkPattern) else tuple(pattern)
+    if activations is None:
+        if not isinstance(example_inputs, tuple) or not example_inputs:
+            raise ValueError("`activations` is None: pass `example_inputs` (a tuple of model inputs) to capture them.")
+        blocks0 = find_prunable_blocks(model, patterns, sites=sites)
+        want = {_join(p, info["consumers"][0]): info["sites"][info["consumers"][0]]
+                for p, (_, _, info) in blocks0.items()}
+        activations = capture_inputs(model, *example_inputs, sites=want) if want else {}
+    elif example_inputs is not None:
+        raise ValueError("pass either `activations` or `example_inputs`, not both.")
     if callable(activations) and not isinstance(activations, Mapping):
         activations = activations(model)
     if not isinstance(activations, Mapping):
