@@ -362,6 +362,12 @@ def save_pretrained(model: LlamaForCausalLM, path: str | os.PathLike, *, max_sha
     ``model.safetensors.index.json``. Tensors are fetched and written one at a time. Tokenizer files
     of the directory the model was loaded from are copied (``copy_tokenizer``).
 
+    A model quantized by :func:`jaxeff.quant.quantize_model` (``QuantizedLinear`` layers) is written
+    in the **compressed-tensors** layout (int8 W8A16/W8A8 ``int-quantized``, int4 group
+    ``pack-quantized``, fp8 ``float-quantized``) with a ``quantization_config``, which
+    ``transformers`` (with the ``compressed-tensors`` package) and vLLM load; see
+    :mod:`jaxeff.models.compressed_tensors`.
+
     Args:
       model: a :class:`LlamaForCausalLM`.
       path: output directory (created).
@@ -378,7 +384,12 @@ def save_pretrained(model: LlamaForCausalLM, path: str | os.PathLike, *, max_sha
     np_dtype = None if dtype is None else np.dtype(jnp.dtype(dtype))
     if np_dtype is not None and np_dtype not in _DTYPE_NAMES:
         raise ValueError(f"`dtype` must be float32, bfloat16 or float16, got {np_dtype}.")
-    entries, qcfg = _float_entries(model, np_dtype), None
+    from jaxeff.models import compressed_tensors as ct
+
+    if ct.quantized_layers(model):
+        entries, qcfg = ct.export_entries(model, np_dtype, _Entry, _float_entries)
+    else:
+        entries, qcfg = _float_entries(model, np_dtype), None
     cfg = model.current_config().to_hf()
     float_dt = np_dtype if np_dtype is not None else np.dtype(model.model.embed_tokens.embedding.dtype)
     cfg["torch_dtype"] = _DTYPE_NAMES.get(np.dtype(float_dt), "float32")

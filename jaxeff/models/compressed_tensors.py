@@ -1,0 +1,236 @@
+"""Export a model quantized with :func:`jaxeff.quant.quantize_model` in the compressed-tensors layout.
+
+``compressed-tensors`` (the checkpoint format of llm-compressor, loaded by ``transformers`` and
+vLLM) stores each quantized ``nn.Linear`` under its Hugging Face name with:
+
+* ``int-quantized`` (8-bit integer codes): ``weight`` int8 ``[out, in]``, ``weight_scale``
+  ``[out, 1]`` (channel) or ``[out, in / group]`` (group), ``weight_zero_point`` int8 when
+  asymmetric;
+* ``pack-quantized`` (1..7-bit integer codes): ``weight_packed`` int32
+  ``[out, ceil(in * b / 32)]``: the codes plus ``2^(b-1)`` (so they are unsigned) form a
+  little-endian bit stream, element ``i`` of a row at bits ``[i b, (i+1) b)``; ``weight_shape``
+  int64 ``[out, in]``; ``weight_scale`` as above; asymmetric zero points packed the same way
+  along the *output* axis (``[ceil(out * b / 32), groups]``);
+* ``float-quantized`` (fp8 e4m3): ``weight`` float8_e4m3fn ``[out, in]``, ``weight_scale``.
+
+A weight is reconstructed as ``W[o, i] = (q[o, i] - z[o, g(i)]) * s[o, g(i)]`` with the signed
+code range ``[-2^(b-1), 2^(b-1) - 1]``; jaxeff's unsigned asymmetric codes map onto it by
+subtracting ``2^(b-1)`` from codes and zero points (the difference ``q - z`` is unchanged). So the
+exported weights dequantize to exactly jaxeff's dequantized kernels. ``config.json`` gets a
+``quantization_config`` with ``quant_method: "compressed-tensors"``, one config group per distinct
+scheme (weights: ``num_bits``, ``type``, ``symmetric``, ``strategy``, ``group_size``; input
+activations for W8A8: ``strategy: "token"``, ``dynamic: true``) and the float linear layers in
+``ignore``.
+
+Not representable (ValueError naming the layer): nf4 and e5m2 weights, quantized embeddings,
+layers with a folded input scale (AWQ/SmoothQuant ``ScaledQArray``: fold the scale into the
+previous norm first), activation formats other than int8/e4m3 per-token dynamic.
+
+References:
+  compressed-tensors (neuralmagic/vllm-project), format specification in its
+  ``compressors/{naive,pack}_quantized`` and ``quantization/quant_args.py``.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import ml_dtypes
+import numpy as np
+from flax import nnx
+
+__all__ = ["quantized_layers", "export_entries", "pack_int32", "COMPRESSED_TENSORS_FORMATS"]
+
+COMPRESSED_TENSORS_FORMATS = ("int-quantized", "pack-quantized", "float-quantized", "mixed-precision")
+
+
+def _is_quantized_linear(m: Any) -> bool:
+    return type(m).__name__ == "QuantizedLinear" and hasattr(m, "qweight")
+
+
+def quantized_layers(model: nnx.Module) -> dict[str, Any]:
+    """``{dotted module path: QuantizedLinear}`` of ``model`` (empty for a float model).
+
+    Raises ValueError for quantized layer kinds that compressed-tensors cannot hold here
+    (quantized embeddings / free-standing quantized tensors).
+    """
+    out = {}
+    for path, node in nnx.iter_graph(model):
+        name = ".".join(str(p) for p in path)
+        tname = type(node).__name__
+        if _is_quantized_linear(node):
+            out[name] = node
+        elif tname in ("QuantizedEmbed", "QuantizedTensor"):
+            raise ValueError(f"layer {name!r} is a {tname}: compressed-tensors export supports quantized linear "
+                             "layers only; quantize with QuantRule(..., targets=('linear',)).")
+        elif tname == "QATLinear":
+            raise ValueError(f"layer {name!r} is a QATLinear: run jaxeff.quant.quantize_model on the QAT model "
+                             "before exporting.")
+    return out
+
+
+def pack_int32(codes: np.ndarray, bits: int, packed_dim: int = 1) -> np.ndarray:
+    """Pack signed ``bits``-bit codes of a 2-D array into int32 words, compressed-tensors style.
+
+    Each row (``packed_dim=1``; columns with ``packed_dim=0``) is offset by ``2^(bits-1)`` and laid
+    out as a little-endian bit stream (element ``i`` at bits ``[i*bits, (i+1)*bits)``), split into
+    32-bit words; ``ceil(n * bits / 32)`` words per row.
+    """
+    if not 1 <= bits <= 8:
+        raise ValueError(f"`bits` must be in [1, 8], got {bits}.")
+    c = np.asarray(codes)
+    if c.ndim != 2:
+        raise ValueError(f"`codes` must be 2-D, got shape {c.shape}.")
+    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    if c.size and (c.min() < lo or c.max() > hi):
+        raise ValueError(f"`codes` must lie in [{lo}, {hi}] for {bits} bits, got [{c.min()}, {c.max()}].")
+    if packed_dim == 0:
+        c = c.T
+    rows, cols = c.shape
+    v = c.astype(np.int64) + (1 << (bits - 1))
+    padded = -(-cols // 32) * 32
+    v = np.pad(v, ((0, 0), (0, padded - cols))).reshape(rows, padded // 32, 32).astype(np.uint64)
+    words = np.zeros((rows, padded // 32, bits), np.uint64)
+    for i in range(32):
+        start = i * bits
+        w, off = divmod(start, 32)
+        words[:, :, w] |= (v[:, :, i] << np.uint64(off)) & np.uint64(0xFFFFFFFF)
+        if off + bits > 32:
+            words[:, :, w + 1] |= v[:, :, i] >> np.uint64(32 - off)
+    out = words.astype(np.uint32).view(np.int32).reshape(rows, -1)[:, : -(-cols * bits // 32)]
+    out = np.ascontiguousarray(out)
+    return np.ascontiguousarray(out.T) if packed_dim == 0 else out
+
+
+def _scheme(path: str, layer: Any) -> tuple[dict, dict | None, str]:
+    """(weights args, input-activation args or None, compressed-tensors format) of one layer."""
+    qa = layer.qweight
+    if type(qa).__name__ == "ScaledQArray" or getattr(layer, "input_scale", None) is not None:
+        raise ValueError(f"layer {path!r} has a folded input scale (AWQ/SmoothQuant): compressed-tensors has no "
+                         "per-layer input scale; fold it into the preceding norm before export.")
+    fmt = qa.fmt
+    if len(qa.shape) != 2 or tuple(qa.axis) != (0,):
+        raise ValueError(f"layer {path!r}: only 2-D [in, out] weights quantized along the input axis are supported, "
+                         f"got shape {qa.shape} axis {qa.axis}.")
+    if fmt.kind == "int":
+        wt = "int"
+        form = "int-quantized" if fmt.bits == 8 else "pack-quantized"
+    elif fmt.name == "e4m3":
+        wt, form = "float", "float-quantized"
+    else:
+        raise ValueError(f"layer {path!r}: weight format {fmt.name!r} has no compressed-tensors equivalent "
+                         "(supported: int2..int8, uint2..uint8, e4m3).")
+    symmetric = qa.zero_point is None and (fmt.signed or fmt.kind == "float")
+    if qa.group_size is not None and qa.shape[0] % qa.group_size:
+        raise ValueError(f"layer {path!r}: input features {qa.shape[0]} are not a multiple of group_size "
+                         f"{qa.group_size}.")
+    w = {"num_bits": int(fmt.bits), "type": wt, "symmetric": bool(symmetric),
+         "group_size": None if qa.group_size is None else int(qa.group_size),
+         "strategy": "group" if qa.group_size is not None else "channel", "dynamic": False}
+    act = None
+    if layer.act_fmt is not None:
+        if layer.act_fmt not in ("int8", "e4m3"):
+            raise ValueError(f"layer {path!r}: activation format {layer.act_fmt!r} is not exportable "
+                             "(int8 or e4m3 per-token dynamic).")
+        if getattr(layer, "act_calibration", "absmax") != "absmax":
+            raise ValueError(f"layer {path!r}: activation calibration {layer.act_calibration!r} is not exportable "
+                             "(compressed-tensors dynamic activations use the per-token absmax).")
+        act = {"num_bits": 8, "type": "int" if layer.act_fmt == "int8" else "float", "symmetric": True,
+               "group_size": None, "strategy": "token", "dynamic": True}
+    return w, act, form
+
+
+def _layer_entries(prefix: str, layer: Any, make_entry) -> list:
+    """Entries (``name, shape, dtype, fetch``) of one quantized layer (codes fetched lazily)."""
+    qa = layer.qweight
+    fmt = qa.fmt
+    K, N = qa.shape
+    b = fmt.bits
+    half = 1 << (b - 1)
+    groups = 1 if qa.group_size is None else K // qa.group_size
+    sdt = np.dtype(qa.scale.dtype)
+    entries = []
+
+    def codes_ct():  # [out, in], signed compressed-tensors codes (or fp8 values)
+        c = np.asarray(jax.device_get(qa.codes())).T
+        if fmt.kind == "float":
+            return np.ascontiguousarray(c.astype(ml_dtypes.float8_e4m3fn))
+        c = c.astype(np.int16)
+        if not fmt.signed:
+            c = c - half
+        return c.astype(np.int8)
+
+    def zp_ct():  # [out, groups] signed zero points
+        z = np.zeros((groups, N), np.int16) if qa.zero_point is None else \
+            np.asarray(jax.device_get(qa.zero_point)).astype(np.int16).reshape(groups, N)
+        z = z.T
+        if not fmt.signed:
+            z = z - half
+        return z.astype(np.int8)
+
+    if fmt.kind == "float":
+        entries.append(make_entry(f"{prefix}.weight", (N, K), ml_dtypes.float8_e4m3fn, codes_ct))
+    elif b == 8:
+        entries.append(make_entry(f"{prefix}.weight", (N, K), np.int8, lambda: np.ascontiguousarray(codes_ct())))
+    else:
+        entries.append(make_entry(f"{prefix}.weight_packed", (N, -(-K * b // 32)), np.int32,
+                                  lambda: pack_int32(codes_ct(), b, 1)))
+        entries.append(make_entry(f"{prefix}.weight_shape", (2,), np.int64, lambda: np.array([N, K], np.int64)))
+    entries.append(make_entry(f"{prefix}.weight_scale", (N, groups), sdt,
+                              lambda: np.ascontiguousarray(np.asarray(jax.device_get(qa.scale)).reshape(groups, N).T)))
+    symmetric = qa.zero_point is None and (fmt.signed or fmt.kind == "float")
+    if not symmetric:
+        if b == 8:
+            entries.append(make_entry(f"{prefix}.weight_zero_point", (N, groups), np.int8,
+                                      lambda: np.ascontiguousarray(zp_ct())))
+        else:
+            entries.append(make_entry(f"{prefix}.weight_zero_point", (-(-N * b // 32), groups), np.int32,
+                                      lambda: pack_int32(zp_ct(), b, 0)))
+    return entries
+
+
+def export_entries(model: nnx.Module, float_dtype: Any, make_entry, float_entries) -> tuple[list, dict]:
+    """Tensor entries and the ``quantization_config`` of a model with quantized linear layers.
+
+    Args:
+      model: a :class:`~jaxeff.models.LlamaForCausalLM` after ``quantize_model``.
+      float_dtype: numpy dtype of the float tensors (None: their own dtype).
+      make_entry: ``(name, shape, dtype, fetch) -> entry`` (the safetensors writer's record).
+      float_entries: ``(model, float_dtype) -> entries`` of every float parameter (norms, embedding,
+        biases, float linear layers).
+    Returns:
+      ``(entries, quantization_config dict)``.
+    """
+    layers = quantized_layers(model)
+    if not layers:
+        raise ValueError("`model` has no quantized linear layers.")
+    entries = list(float_entries(model, float_dtype))
+    groups: dict[str, dict] = {}
+    formats = set()
+    for path, layer in sorted(layers.items()):
+        w, act, form = _scheme(path, layer)
+        key = repr((sorted(w.items()), None if act is None else sorted(act.items()), form))
+        g = groups.setdefault(key, {"targets": [], "weights": w, "input_activations": act,
+                                    "output_activations": None, "format": form})
+        g["targets"].append(path)
+        formats.add(form)
+        entries.extend(_layer_entries(path, layer, make_entry))
+    float_linears = sorted(
+        ".".join(str(p) for p in path) for path, node in nnx.iter_graph(model) if isinstance(node, nnx.Linear))
+    if getattr(model, "lm_head", 0) is None:  # tied: transformers still builds an nn.Linear lm_head
+        float_linears.append("lm_head")
+    cfg_groups = {}
+    for i, g in enumerate(groups.values()):
+        if len(groups) == 1:
+            g["targets"] = ["Linear"]  # every linear layer not in `ignore`
+        cfg_groups[f"group_{i}"] = g
+    qcfg = {
+        "quant_method": "compressed-tensors",
+        "format": formats.pop() if len(formats) == 1 else "mixed-precision",
+        "quantization_status": "compressed",
+        "config_groups": cfg_groups,
+        "ignore": float_linears,
+        "kv_cache_scheme": None,
+        "global_compression_ratio": None,
+    }
+    return sorted(entries, key=lambda e: e.name), qcfg
