@@ -1088,15 +1088,6 @@ def quantize_model(
         r = _match(rules, path)
         if r is not None and r.weight_fmt is not None:
             raise ValueError(f"layer {path!r} is matched by QuantRule {r.pattern!r} but cannot be quantized: {reason}")
-    for path in embeds:
-        r = _match(rules, path, "embed")
-        if r is not None and r.weight_fmt is not None:
-            new = _replace(new, path, QuantizedEmbed(_quantize_table(r, get_by_path(new, path).embedding[...], axis=1)))
-    for (mpath, name, mod, var), full in zip(free, free_paths):
-        r = _match(rules, full, "param")
-        if r is not None and r.weight_fmt is not None:
-            a = var.get_value()
-            setattr(mod, name, QuantizedTensor(_quantize_table(r, a, axis=a.ndim - 1)))
     todo = []
     for key, site in sites.items():
         r = _match(rules, _spellings(key, site))
@@ -1122,6 +1113,16 @@ def quantize_model(
         return capture_inputs(m, *args, sites={k: sites[k] for k in keys}, **kwargs)
 
     data = gather(new, [k for k, _ in need]) if need else None
+    # tables and free params after the capture: the layers are calibrated on the float model's inputs
+    for path in embeds:
+        r = _match(rules, path, "embed")
+        if r is not None and r.weight_fmt is not None:
+            new = _replace(new, path, QuantizedEmbed(_quantize_table(r, get_by_path(new, path).embedding[...], axis=1)))
+    for (mpath, name, mod, var), full in zip(free, free_paths):
+        r = _match(rules, full, "param")
+        if r is not None and r.weight_fmt is not None:
+            a = var.get_value()
+            setattr(mod, name, QuantizedTensor(_quantize_table(r, a, axis=a.ndim - 1)))
     pending = [k for k, _ in need]
     for key, site, r in todo:
         x = None
