@@ -79,7 +79,7 @@ _IGNORED_KEYS = {
     "_attn_implementation_autoset", "_attn_implementation", "use_return_dict", "tf_legacy_loss",
     "pruned_heads", "torchscript", "add_cross_attention", "cross_attention_hidden_size",
     "finetuning_task", "sep_token_id", "decoder_start_token_id", "keys_to_ignore_at_inference",
-    "bos_token_id", "eos_token_id", "pad_token_id", "max_position_embeddings", "use_mrope",
+    "bos_token_id", "eos_token_id", "pad_token_id", "max_position_embeddings",
     "max_window_layers", "use_sliding_window", "model_type", "generation_config", "_commit_hash",
     "is_decoder", "tie_encoder_decoder", "num_labels",
 }
@@ -272,8 +272,7 @@ class LlamaConfig:
                 sw = g("sliding_window")
             else:
                 layer_types = None
-        elif d.get("sliding_window") is not None:
-            raise ValueError("config key 'sliding_window' is not used by model_type 'llama'.")
+        # model_type 'llama': Hugging Face's Llama ignores a 'sliding_window' key, and so do we
         dtype = d.get("dtype", d.get("torch_dtype"))
         known = _HANDLED_KEYS | {"model_type", "bos_token_id", "eos_token_id", "pad_token_id",
                                  "max_position_embeddings", "torch_dtype", "dtype", "architectures"}
@@ -493,6 +492,9 @@ class Attention(nnx.Module):
         k = _apply_rope(k, cos.astype(k.dtype), sin.astype(k.dtype))
         if kv is not None:
             ck, cv = kv
+            if out_spec is not None:  # explicit sharding: the cache takes the layout of the new keys
+                ck = jax.sharding.reshard(ck, jax.typeof(k).sharding.spec)
+                cv = jax.sharding.reshard(cv, jax.typeof(v).sharding.spec)
             k = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, index, 0, 0))
             v = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, index, 0, 0))
             new_kv = (k, v)

@@ -377,3 +377,76 @@ def test_error_corrupt_or_truncated_safetensors(ckpts, tmp_path):
     (d / "model.safetensors").write_bytes(b"\xff" * 64)
     with pytest.raises(ValueError, match=r"model\.safetensors: not a safetensors file"):
         from_pretrained(d)
+
+
+@pytest.mark.parametrize("axis_type", ["explicit", "auto"])
+def test_sharded_generation_equals_single_device(axis_type, ckpts, loaded):
+    d, _, ids, _, gen = ckpts["qwen2-tied"]
+    at = jax.sharding.AxisType.Explicit if axis_type == "explicit" else jax.sharding.AxisType.Auto
+    mesh = jax.make_mesh((4, 2), ("data", "model"), axis_types=(at, at))
+    model = shard_model(from_pretrained(d), mesh)
+    x = jax.device_put(jnp.asarray(np.concatenate([ids, ids]), jnp.int32), jax.NamedSharding(mesh, P("data", None)))
+    with jax.set_mesh(mesh):
+        toks = np.asarray(generate(model, x, N_NEW))
+    np.testing.assert_array_equal(toks, np.concatenate([gen, gen]))
+
+
+def test_eos_stops_rows_like_transformers(ckpts, loaded):
+    _, m, ids, _, gen = ckpts["llama"]
+    eos = int(gen[0, T_PROMPT + 2])  # a token row 0 emits as its 3rd new token
+    with torch.no_grad():
+        ref = m.generate(torch.as_tensor(ids), max_new_tokens=N_NEW, do_sample=False, eos_token_id=eos,
+                         pad_token_id=7).numpy()
+    toks = np.asarray(generate(loaded["llama"], ids, N_NEW, eos_token_id=eos, pad_token_id=7))
+    # transformers stops once every row is done; jaxeff keeps the fixed length, padded
+    np.testing.assert_array_equal(toks[:, : ref.shape[1]], ref)
+    assert (toks[0, T_PROMPT + 3:] == 7).all()
+
+
+def test_sampling_is_reproducible_and_uses_the_key(loaded):
+    model = loaded["llama"]
+    ids = np.zeros((2, 3), np.int32)
+    a = generate(model, ids, 6, temperature=1.0, key=jax.random.key(1))
+    b = generate(model, ids, 6, temperature=1.0, key=jax.random.key(1))
+    c = generate(model, ids, 6, temperature=1.0, key=jax.random.key(2))
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    with pytest.raises(ValueError, match="key"):
+        generate(model, ids, 2, temperature=1.0)
+
+
+def test_fused_distillation_from_family_hidden_states_and_heads(ckpts, loaded):
+    """Teacher (qwen3, head_dim 32) and student (llama) of different widths share the vocabulary:
+    the fused loss on (hidden states, head kernels) equals the loss on materialized logits."""
+    from jaxeff.distill import fused_linear_distill_loss, generalized_jsd
+
+    _, _, ids, _, _ = ckpts["llama"]
+    student, teacher = loaded["llama"], loaded["qwen3-headdim"]
+    x = jnp.asarray(ids)
+    fused = fused_linear_distill_loss(student.hidden_states(x), student.lm_head_kernel(),
+                                      teacher.hidden_states(x), teacher.lm_head_kernel(), chunk_size=7)
+    full = generalized_jsd(student(x), teacher(x))
+    np.testing.assert_allclose(float(fused), float(full), rtol=1e-5)
+
+
+def test_bf16_compute_with_fp32_params(ckpts):
+    d, _, ids, ref, _ = ckpts["llama"]
+    model = from_pretrained(d, dtype=jnp.bfloat16, param_dtype=jnp.float32)
+    assert model.model.layers[0].mlp.up_proj.kernel.dtype == jnp.float32
+    assert model.hidden_states(jnp.asarray(ids)).dtype == jnp.bfloat16
+    assert _rel(np.asarray(model(jnp.asarray(ids))), ref) < 0.05
+
+
+def test_config_validation_errors():
+    with pytest.raises(ValueError, match="'num_attention_heads' \\(4\\) must be a multiple of 'num_key_value_heads' \\(3\\)"):
+        LlamaConfig(**{**BASE, "num_key_value_heads": 3})
+    with pytest.raises(ValueError, match="config key 'vocab_size' is missing"):
+        LlamaConfig.from_hf({"model_type": "llama", **{k: v for k, v in BASE.items() if k != "vocab_size"}})
+    with pytest.raises(ValueError, match="'rope_scaling.low_freq_factor' is required"):
+        LlamaConfig.from_hf({"model_type": "llama", **BASE, "rope_scaling": {"rope_type": "llama3", "factor": 8.0}})
+    with pytest.raises(ValueError, match="'architectures'"):
+        LlamaConfig.from_hf({"model_type": "llama", **BASE, "architectures": ["LlamaForSequenceClassification"]})
+    with pytest.raises(ValueError, match="'quantization_config'"):
+        LlamaConfig.from_hf({"model_type": "llama", **BASE, "quantization_config": {"quant_method": "gptq"}})
+    cfg = LlamaConfig.from_hf({"model_type": "llama", **BASE, "my_feature": 3}, strict=False)
+    assert json.loads(cfg.extra)["my_feature"] == 3 and cfg.to_hf()["my_feature"] == 3
