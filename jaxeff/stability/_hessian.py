@@ -1,13 +1,14 @@
 """Matrix-free Hessian tools: HVP, Lanczos / power top eigenvalues, Hutchinson trace, SLQ density."""
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from jaxeff._core.validation import check_choice, check_key
+from jaxeff._core.validation import check_choice, check_in_range, check_key, check_traced_in_range, is_traced
 
 __all__ = [
     "hvp",
@@ -135,10 +136,11 @@ def top_eigenvalues(
       args: extra (data) arguments of ``loss_fn``.
       key: PRNG key for the start vector(s); default ``jax.random.key(0)``.
       num_iters: iteration budget (see above).
-      tol: power-iteration relative tolerance.
+      tol: power-iteration relative tolerance, in ``[0, 1)``.
 
     Returns:
       :class:`HessianEigenResult` (eigenvalues descending, unit eigenvectors as params pytrees).
+      NaN eigenvalues when the Hessian-vector products are not finite.
 
     Example:
       >>> import jax.numpy as jnp
@@ -150,6 +152,7 @@ def top_eigenvalues(
       Lanczos 1950; Yao et al., "PyHessian", arXiv 1912.07145; Ghorbani et al., arXiv 1901.10159.
     """
     check_choice("method", method, ("lanczos", "power"))
+    check_in_range("tol", tol, 0.0, 1.0, high_inclusive=False)
     flat, unravel, mv = _flat_hvp(loss_fn, params, tuple(args))
     p = flat.shape[0]
     if not isinstance(k, int) or k < 1 or k > p:
@@ -163,6 +166,9 @@ def top_eigenvalues(
         v0 = jax.random.normal(key, (p,), jnp.float32)
         a, b, V = lanczos_tridiag(mv, v0, it)
         evals, evecs = _tridiag_eigh(a, b)
+        # NaN/inf Hessian-vector products are bad data: propagate instead of a plausible 0
+        bad = ~(jnp.all(jnp.isfinite(a)) & jnp.all(jnp.isfinite(b)))
+        evals = jnp.where(bad, jnp.nan, evals)
         order = jnp.argsort(-evals)[:k]
         vecs = (evecs[:, order].T @ V)
         vecs = vecs / jnp.linalg.norm(vecs, axis=1, keepdims=True)
@@ -293,7 +299,7 @@ def spectral_density(
       grid: points at which to evaluate the density; default ``num_points`` points spanning
         the nodes with a margin.
       num_points: grid size when ``grid`` is None.
-      sigma: Gaussian smoothing width; default 1% of the node range.
+      sigma: Gaussian smoothing width > 0 (finite); default 1% of the node range.
 
     Returns:
       :class:`SpectralDensity`.
@@ -314,6 +320,8 @@ def spectral_density(
         raise ValueError(f"`num_iters` must be an int in [1, {p}], got {num_iters!r}.")
     if not isinstance(num_probes, int) or num_probes < 1:
         raise ValueError(f"`num_probes` must be a positive int, got {num_probes!r}.")
+    if sigma is not None and not is_traced(sigma) and not (math.isfinite(float(sigma)) and float(sigma) > 0):
+        raise ValueError(f"`sigma` must be a positive finite smoothing width, got {sigma!r}.")
     probes = jax.random.normal(key, (num_probes, p), jnp.float32)
 
     def one(v):
@@ -330,4 +338,6 @@ def spectral_density(
     grid = jnp.asarray(grid, jnp.float32)
     gauss = jnp.exp(-0.5 * ((grid[None, None, :] - nodes[..., None]) / s) ** 2) / (s * jnp.sqrt(2 * jnp.pi))
     density = jnp.sum(weights[..., None] * gauss, axis=(0, 1)) / num_probes
+    if sigma is not None:
+        density = check_traced_in_range("sigma", density, sigma, 0.0, None, low_inclusive=False)
     return SpectralDensity(grid, density, nodes, weights)

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from jaxeff._core.validation import check_key, check_ndim
+from jaxeff._core.validation import check_finite, check_in_range, check_key, check_ndim, check_traced_in_range, error_if
 from jaxeff.stability._hessian import hvp, top_eigenvalues
 
 __all__ = [
@@ -35,6 +35,7 @@ def _check_hessians(hessians: Any) -> jax.Array:
         raise ValueError(f"`hessians` must have shape (n, p, p), got {h.shape}.")
     if h.shape[0] < 1:
         raise ValueError("`hessians` must hold at least one example.")
+    check_finite("hessians", hessians)
     return h
 
 
@@ -84,7 +85,7 @@ def coherence_matrix(hessians: Any) -> jax.Array:
     return jnp.sqrt(jnp.maximum(gram, 0.0))
 
 
-def coherence(hessians: Any) -> jax.Array:
+def coherence(hessians: Any, *, psd_tol: float = 1e-2) -> jax.Array:
     r"""Coherence of per-example Hessians, :math:`\sigma = \lambda_1(S)/\max_i \lambda_1(H_i)`.
 
     .. math:: S_{ij} = \sqrt{\mathrm{Tr}(H_i H_j)},\qquad 1 \le \sigma \le n \text{ (PSD } H_i).
@@ -92,8 +93,14 @@ def coherence(hessians: Any) -> jax.Array:
     sigma is n when all ``H_i`` are equal rank-one matrices and 1 when they are mutually
     orthogonal with equal norms. Examples with ``H_i = 0`` are allowed (not all).
 
+    The measure (and the theorems built on it) is defined for symmetric PSD ``H_i`` only:
+    non-symmetric input, eigenvalues below ``-psd_tol * max_i |lambda(H_i)|`` and all-zero
+    input raise a ``ValueError`` (under ``jit`` an ``equinox.error_if`` run-time error).
+    Small negative eigenvalues (rounding, an approximate minimum) are tolerated.
+
     Args:
       hessians: [n, p, p] symmetric positive semi-definite per-example Hessians.
+      psd_tol: relative tolerance on negative eigenvalues, in [0, 1).
 
     Returns:
       Scalar sigma (float32).
@@ -107,11 +114,21 @@ def coherence(hessians: Any) -> jax.Array:
     References:
       Dexter et al., arXiv 2401.12332 (Definition of the coherence measure).
     """
+    check_in_range("psd_tol", psd_tol, 0.0, 1.0, high_inclusive=False)
     h = _check_hessians(hessians)
     S = coherence_matrix(h)
     lam_s = jnp.linalg.eigvalsh(S)[-1]
-    lam_i = jnp.max(jnp.linalg.eigvalsh(h)[:, -1])
-    return lam_s / lam_i
+    ev = jnp.linalg.eigvalsh(h)  # [n, p] ascending (symmetrized from the lower triangle)
+    lam_i = jnp.max(ev[:, -1])
+    scale = jnp.max(jnp.abs(ev))
+    sigma = lam_s / lam_i
+    hmax = jnp.max(jnp.abs(h))
+    sigma = error_if(sigma, jnp.max(jnp.abs(h - jnp.swapaxes(h, 1, 2))) > 1e-4 * hmax,
+                     "`hessians` must be symmetric (H_i = H_i^T).")
+    sigma = error_if(sigma, scale == 0, "`hessians` are all zero: the coherence sigma is undefined (0/0).")
+    return error_if(sigma, jnp.min(ev) < -psd_tol * scale,
+                    "`hessians` must be positive semi-definite: an eigenvalue is below -psd_tol * max|eigenvalue| "
+                    "(coherence and its stability theorems are defined for PSD Hessians only).")
 
 
 class CoherenceEstimate(NamedTuple):
@@ -283,8 +300,10 @@ def sgd_stability(hessians_or_estimate: Any, lr: float, batch_size: int) -> SGDS
     factor = 1.0 + k / sigma
     score = lr * lam * factor / 2.0
     critical = 2.0 / (lam * factor)
-    return SGDStability(diverges, lam, sigma, n, int(batch_size), lr, jnp.asarray(theorem1, jnp.float32),
-                        score > 1.0, score, critical)
+    # a traced lr is checked at run time on every result
+    chk = lambda a: check_traced_in_range("lr", a, lr, 0.0, None, low_inclusive=False)  # noqa: E731
+    return SGDStability(chk(diverges), chk(lam), chk(sigma), n, int(batch_size), lr,
+                        chk(jnp.asarray(theorem1, jnp.float32)), chk(score > 1.0), chk(score), chk(critical))
 
 
 class WuMaECriteria(NamedTuple):
