@@ -207,6 +207,16 @@ def msam_gradient(
     if not isinstance(num_microbatches, int) or num_microbatches < 1:
         raise ValueError(f"`num_microbatches` must be a positive int, got {num_microbatches!r}.")
     m = num_microbatches
+    if ascent_grads is not None:
+        if m != 1:
+            raise ValueError(f"`ascent_grads` can only be given with num_microbatches == 1, got {m}.")
+        if jax.tree.structure(ascent_grads) != jax.tree.structure(params):
+            raise ValueError("`ascent_grads` must have the tree structure of `params`, got "
+                             f"{jax.tree.structure(ascent_grads)} vs {jax.tree.structure(params)}.")
+        for g_, w_ in zip(jax.tree.leaves(ascent_grads), jax.tree.leaves(params)):
+            if jnp.shape(g_) != jnp.shape(w_):
+                raise ValueError(f"`ascent_grads` leaf of shape {jnp.shape(g_)} does not match its param of shape "
+                                 f"{jnp.shape(w_)} (no broadcasting).")
     if axis_name is None:
         direction = _microbatch_grad_sum(loss_fn, params, batch, m, mode, rho, eps, adaptive, asam_eta, ascent_grads)
         return jax.tree.map(lambda d, w: (d / m).astype(w.dtype), direction, params)
