@@ -242,8 +242,8 @@ def _site_inputs(site: WeightSite, data: Mapping[str, Any], key: str) -> jax.Arr
     return x.reshape(*site.batch_shape, -1, k)
 
 
-def _execution_order(model, sites: Mapping[str, WeightSite], args, kwargs, method) -> list[str]:
-    uses, _ = trace_weight_uses(model, *args, method=method, **kwargs)
+def _execution_order(uses, sites: Mapping[str, WeightSite]) -> list[str]:
+    """Site keys ordered by the first traced matmul that consumes each weight."""
     first = {}
     for i, u in enumerate(uses):
         first.setdefault(u.param, i)
@@ -345,9 +345,9 @@ def prune_model(
             todo[key] = (site, spec)
     site_paths = {s.path for s in sites.values()}
     skipped = []
-    other_uses = {}
+    other_uses, weight_uses = {}, []
     if traced:
-        _, other_uses = trace_weight_uses(new, *args, method=call_method, **kwargs)
+        weight_uses, other_uses = trace_weight_uses(new, *args, method=call_method, **kwargs)
     for p, mod in nnx.iter_modules(new):
         ps = path_str(p)
         if ps in site_paths:
@@ -385,7 +385,7 @@ def prune_model(
 
     order = list(todo)
     if traced and len(order) > 1:
-        order = [k for k in _execution_order(new, {k: todo[k][0] for k in order}, args, kwargs, call_method)]
+        order = _execution_order(weight_uses, {k: todo[k][0] for k in order})
 
     def capture(remaining: list[str]) -> Mapping[str, Any] | None:
         if not needs_data:
