@@ -317,12 +317,13 @@ def _grid_from_range(lo, hi, fmt: QFormat, symmetric: bool, scale_dtype: str = "
         lo = jnp.minimum(lo, 0.0)
         hi = jnp.maximum(hi, 0.0)
         scale = (hi - lo) / (fmt.qmax - fmt.qmin)
-        scale = _round_scale_up(jnp.where(scale > tiny, scale, 1.0), scale_dtype)
+        # an all-zero group gets scale 1; NaN (bad data met at run time) propagates
+        scale = _round_scale_up(jnp.where((scale > tiny) | jnp.isnan(scale), scale, 1.0), scale_dtype)
         zp = jnp.clip(jnp.round(fmt.qmin - lo / scale), fmt.qmin, fmt.qmax)
         return scale, zp
     amax = jnp.maximum(jnp.abs(lo), jnp.abs(hi))
     scale = amax / fmt.sym_max
-    scale = _round_scale_up(jnp.where(scale > tiny, scale, 1.0), scale_dtype)
+    scale = _round_scale_up(jnp.where((scale > tiny) | jnp.isnan(scale), scale, 1.0), scale_dtype)
     return scale, None
 
 
@@ -504,6 +505,10 @@ def quantize(
         want = _scale_shape(x.shape, axes, group_size)
         if tuple(np.shape(scale)) != want:
             raise ValueError(f"`scale` must have shape {want}, got {tuple(np.shape(scale))}.")
+        if not is_traced(scale):
+            check_finite("scale", scale)
+            if np.any(np.asarray(scale, np.float64) <= 0):
+                raise ValueError("`scale` must be positive.")
         scale = _round_scale_up(jnp.asarray(scale, jnp.float32), sd)
         zp = None if zero_point is None else jnp.asarray(zero_point)
     if zp is not None and not f.is_int:
