@@ -16,7 +16,13 @@
 """
 from jaxeff.quant.fake import fake_quant
 from jaxeff.quant.formats import NF4_CODEBOOK, QFORMAT_NAMES, QFormat, get_qformat
-from jaxeff.quant.linen import capture_dense_inputs, dequantize_params, quantize_params, quantized_apply
+from jaxeff.quant.linen import (
+    capture_dense_inputs,
+    dequantize_params,
+    linen_weight_sites,
+    quantize_params,
+    quantized_apply,
+)
 from jaxeff.quant.matmul import INT32_SAFE_K, quantized_dot_general, quantized_matmul
 from jaxeff.quant.model import (
     QUANT_METHODS,
@@ -65,4 +71,5 @@ __all__ = [
     "QuantSummary", "QuantSummaryRow", "quantization_summary",
     "prepare_qat", "quantize_model", "quant_weight_bytes", "save_quantized", "load_quantized", "QUANT_METHODS",
     "QUANT_TARGETS", "quantize_params", "dequantize_params", "quantized_apply", "capture_dense_inputs",
+    "linen_weight_sites",
 ]

@@ -5,18 +5,25 @@ Linen modules keep their parameters outside the module, in a nested dict
 transformation of that pytree:
 
 * :func:`quantize_params` replaces the leaves selected by :class:`QuantRule` patterns with
-  :class:`QArray` (or :class:`ScaledQArray` for AWQ / SmoothQuant). A leaf's path is the
+  :class:`QArray` (or :class:`ScaledQArray` for AWQ / SmoothQuant / W8A8). A leaf's path is the
   dotted module path (``"Dense_0"``, ``"Block_1.MlpBlock_0.Dense_1"``, without the
-  ``params`` collection name); ``"linear"`` targets are 2-D ``kernel`` leaves (``[in, out]``,
-  one scale per output column, any method), ``"embed"`` targets are 2-D ``embedding``
-  leaves (one scale per row, RTN), ``"param"`` targets are other float leaves of >= 2 dims
-  (one scale per row of the last axis, RTN). Everything else stays as it is.
-* :func:`quantized_apply` runs ``module.apply`` on such a tree: every ``nn.Dense`` whose
-  kernel is quantized computes ``quantized_matmul(x, kernel)`` (weight-only, or W8A8 when the
-  rule gave ``act_fmt`` / SmoothQuant), and every other quantized leaf is dequantized
-  (inside the caller's ``jit`` XLA fuses the dequantization into its consumer).
+  ``params`` collection name). ``"linear"`` targets are layer kernels: ``nn.Dense``
+  (``[in, out]``), ``nn.DenseGeneral`` and ``nn.Einsum`` (their contracted/output axes are
+  read from the module when ``module=`` and ``example_inputs=`` are given, see
+  :func:`linen_weight_sites`), quantized in their matrix layout ``[K, N]`` (one scale per
+  output column, groups along the contracted axes) and stored in the kernel's own layout; a
+  rule with ``contract_axes`` quantizes any leaf of a **plain parameter tree** the same way
+  (``QuantRule(pattern="layer0/w", contract_axes=(0,))``). ``"embed"`` targets are 2-D
+  ``embedding`` leaves (one scale per row, RTN), ``"param"`` targets other float leaves of
+  >= 2 dims (one scale per row of the last axis, RTN). Everything else stays as it is.
+* :func:`quantized_apply` runs ``module.apply`` on such a tree: every ``nn.Dense``,
+  ``nn.DenseGeneral`` and ``nn.Einsum`` whose kernel is quantized computes a true quantized
+  matmul on it (the input laid out as ``[tokens, K]``; weight-only, or int8 x int8 -> int32 /
+  fp8 W8A8 when the rule gave ``act_fmt`` / SmoothQuant), and every other quantized leaf is
+  dequantized (inside the caller's ``jit`` XLA fuses the dequantization into its consumer).
 * :func:`dequantize_params` gives back a float tree, e.g. to call ``module.apply`` directly.
-* :func:`capture_dense_inputs` records the inputs of every ``nn.Dense`` by module path: the
+* :func:`capture_dense_inputs` records the inputs of every ``nn.Dense`` / ``nn.DenseGeneral``
+  / ``nn.Einsum`` by module path, as ``[tokens, K]`` in the matrix layout: the
   ``calibration_data`` that GPTQ / AWQ / SmoothQuant / QuantEase rules need.
 
 The quantized tree saves and loads bit-exactly with :func:`jaxeff.quant.save_quantized` /
@@ -34,11 +41,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import dataclasses
+import re
+
+from jaxeff._core.layers import WeightSite, einsum_site
 from jaxeff.quant.formats import get_qformat
 from jaxeff.quant.matmul import quantized_matmul
-from jaxeff.quant.qarray import QArray, ScaledQArray
+from jaxeff.quant.qarray import QArray, ScaledQArray, pack_int
 
-__all__ = ["quantize_params", "dequantize_params", "quantized_apply", "capture_dense_inputs"]
+__all__ = ["quantize_params", "dequantize_params", "quantized_apply", "capture_dense_inputs", "linen_weight_sites"]
+
+_LAYERS = (nn.Dense, nn.DenseGeneral, nn.Einsum)
 
 _Q = (QArray, ScaledQArray)
 
@@ -68,28 +81,181 @@ def _params_root(variables):
     return "params" in variables and isinstance(variables["params"], Mapping)
 
 
+# --------------------------------------------------------------------------------------------
+# weight sites of Linen layers and matrix <-> kernel layout of quantized arrays
+# --------------------------------------------------------------------------------------------
+def _module_site(mod: nn.Module, path: str, kshape: tuple[int, ...], einsum_str: str | None = None) -> WeightSite:
+    """The weight site of a Linen Dense / DenseGeneral / Einsum kernel of shape ``kshape``."""
+    if isinstance(mod, nn.Einsum):
+        eq = einsum_str if einsum_str is not None else mod.einsum_str
+        return einsum_site(eq, kshape, path=path, name="kernel", kind="linen.Einsum")
+    if isinstance(mod, nn.DenseGeneral):
+        if tuple(np.atleast_1d(mod.batch_dims)):
+            raise ValueError(f"layer {path!r} (nn.DenseGeneral) has batch_dims={mod.batch_dims}: not supported.")
+        ni = len(np.atleast_1d(mod.axis))
+        return WeightSite(path=path, name="kernel", kind="linen.DenseGeneral", shape=tuple(kshape),
+                          contract=tuple(range(ni)), out=tuple(range(ni, len(kshape))))
+    return WeightSite(path=path, name="kernel", kind="linen.Dense", shape=tuple(kshape), contract=(0,), out=(1,))
+
+
+def _call_spec(mod: nn.Module, site: WeightSite):
+    from jaxeff.quant.model import _CallSpec
+
+    dt = None if mod.dtype is None else jnp.dtype(mod.dtype).name
+    if isinstance(mod, nn.Einsum):
+        return _CallSpec("einsum", equation=site.equation, bias="einsum" if mod.use_bias else "none", dtype=dt)
+    if isinstance(mod, nn.DenseGeneral):
+        return _CallSpec("linear_general", axes=tuple(int(a) for a in np.atleast_1d(mod.axis)),
+                         bias="trailing" if mod.use_bias else "none", dtype=dt)
+    return _CallSpec("linear", bias="trailing" if mod.use_bias else "none", dtype=dt)
+
+
+def _scale_site(site: WeightSite, group_size: int | None, grouped: bool) -> WeightSite:
+    """The site of the scale array: contracted axes of size 1, except that groups of
+    ``group_size`` along the flattened ``K`` are groups along the last contracted axis."""
+    last = site.contract[-1]
+    shape = tuple((d // group_size if (grouped and a == last) else d if (grouped and a in site.contract) else
+                   1 if a in site.contract else d) for a, d in enumerate(site.shape))
+    return dataclasses.replace(site, shape=shape)
+
+
+def _matrix_to_layout(qa: QArray, site: WeightSite, where: str) -> QArray:
+    """A QArray of ``site.matrix(W)`` as a QArray of ``W`` in its own layout (same codes/scales).
+
+    Per-column scales are shared along every contracted axis (``axis = contract``); groups of
+    ``group_size`` along the flattened ``K`` become groups along the last contracted axis
+    (scales per index of the others), which needs ``group_size`` to divide that axis.
+    """
+    if site.is_matrix:
+        return qa
+    grouped = qa.scale.shape[-2] > 1
+    last = site.contract[-1]
+    if grouped and len(site.contract) > 1 and site.shape[last] % qa.group_size:
+        raise ValueError(
+            f"{where}: `group_size` {qa.group_size} must divide the last contracted axis (axis {last}, size "
+            f"{site.shape[last]}) of a kernel with contracted axes {site.contract}, so each group lies in it."
+        )
+    codes = site.unmatrix(qa.codes())
+    qv = pack_int(codes, qa.fmt) if qa.fmt.packed else codes
+    ss = _scale_site(site, qa.group_size, grouped)
+    axis, gs = ((last,), qa.group_size) if grouped else (tuple(site.contract), None if len(site.contract) > 1 else
+                                                         qa.group_size)
+    return QArray(qvalue=qv, scale=ss.unmatrix(qa.scale),
+                  zero_point=None if qa.zero_point is None else ss.unmatrix(qa.zero_point), fmt=qa.fmt,
+                  shape=site.shape, axis=axis, group_size=gs, dtype=qa.dtype)
+
+
+def _layout_to_matrix(qa: QArray, site: WeightSite) -> QArray:
+    """Inverse of :func:`_matrix_to_layout`."""
+    if site.is_matrix:
+        return qa
+    last = site.contract[-1]
+    grouped = (len(site.contract) > 1 and qa.axis == (last,)) or (
+        len(site.contract) == 1 and qa.group_size is not None and qa.shape[last] // qa.group_size > 1)
+    if len(site.contract) > 1 and not grouped and qa.axis != tuple(site.contract):
+        raise ValueError(f"quantized kernel of {site.path!r} has scale axes {qa.axis}, expected {site.contract}.")
+    gs = (qa.group_size or site.shape[last]) if grouped else qa.group_size if len(site.contract) == 1 else None
+    codes = site.matrix(qa.codes())
+    qv = pack_int(codes, qa.fmt) if qa.fmt.packed else codes
+    ss = _scale_site(site, gs, grouped)
+    return QArray(qvalue=qv, scale=ss.matrix(qa.scale), zero_point=None if qa.zero_point is None else
+                  ss.matrix(qa.zero_point), fmt=qa.fmt, shape=tuple(codes.shape), axis=(len(site.batch),),
+                  group_size=gs, dtype=qa.dtype)
+
+
+def _lookup(tree, path):
+    node = tree
+    for k in path:
+        if not isinstance(node, Mapping) or k not in node:
+            return None
+        node = node[k]
+    return node
+
+
+def linen_weight_sites(module: nn.Module, variables: Mapping[str, Any], *args, method: Any = None,
+                       **kwargs) -> dict[str, WeightSite]:
+    """The weight sites of every ``nn.Dense`` / ``nn.DenseGeneral`` / ``nn.Einsum`` of a Linen model.
+
+    Runs ``module.apply(variables, *args)`` once (eagerly) and reads each layer's attributes
+    (``axis``/``features``, ``einsum_str``) to tell which kernel axes are contracted.
+
+    Returns:
+        ``{module path: WeightSite}`` (paths as in :func:`quantize_params`).
+
+    Example:
+        >>> m = nn.DenseGeneral((2, 3), axis=(-2, -1))
+        >>> v = m.init(jax.random.key(0), jnp.ones((1, 4, 5)))
+        >>> linen_weight_sites(m, v, jnp.ones((1, 4, 5)))[""].contract
+        (0, 1)
+    """
+    if not _params_root(variables):
+        raise ValueError("`variables` must be a dict with a 'params' collection (as from module.init).")
+    sites: dict[str, WeightSite] = {}
+
+    def interceptor(next_fun, args_, kwargs_, context):
+        mod = context.module
+        if isinstance(mod, _LAYERS) and context.method_name == "__call__" and mod.scope is not None:
+            path = ".".join(mod.scope.path)
+            k = _lookup(variables["params"], tuple(mod.scope.path) + ("kernel",))
+            if k is not None and path not in sites:
+                eq = kwargs_.get("einsum_str", args_[1] if len(args_) > 1 else None)
+                try:
+                    sites[path] = _module_site(mod, path, tuple(k.shape), eq)
+                except ValueError:
+                    pass  # e.g. a batched DenseGeneral: a rule matching it raises in quantize_params
+        return next_fun(*args_, **kwargs_)
+
+    with nn.intercept_methods(interceptor):
+        module.apply(dequantize_params(variables), *args, method=method, **kwargs)
+    return sites
+
+
+def _norm_inputs(example_inputs):
+    if example_inputs is None:
+        return None
+    if isinstance(example_inputs, Mapping):
+        return (), dict(example_inputs)
+    if isinstance(example_inputs, (tuple, list)):
+        return tuple(example_inputs), {}
+    return (example_inputs,), {}
+
+
 def quantize_params(
     params: Mapping[str, Any],
     rules,
     *,
     calibration_data: Mapping[str, jax.Array] | None = None,
+    module: nn.Module | None = None,
+    example_inputs: Any = None,
 ) -> dict:
-    """Quantize the leaves of a Linen parameter tree selected by ``rules``.
+    """Quantize the leaves of a Linen (or plain) parameter tree selected by ``rules``.
 
     Args:
-        params: the variables dict (``{"params": {...}, ...}``; other collections are kept)
-            or the ``params`` collection itself.
+        params: the variables dict (``{"params": {...}, ...}``; other collections are kept),
+            the ``params`` collection itself, or any nested dict of arrays.
         rules: a :class:`~jaxeff.quant.QuantRule` or a sequence; for each leaf the first rule
-            whose ``pattern`` fully matches the dotted module path and whose ``targets``
-            include the leaf's kind applies (``weight_fmt=None`` leaves it float).
-        calibration_data: ``{module path: inputs [..., in]}`` for rules with a method other
-            than "rtn" (GPTQ, AWQ, SmoothQuant, QuantEase), e.g. captured with
-            ``module.apply(..., capture_intermediates=...)`` or an interceptor.
+            whose ``pattern`` fully matches the dotted module path (the leaf path, dotted or
+            ``/``-separated, for rules with ``contract_axes`` and "param" targets) and whose
+            ``targets`` include the leaf's kind applies (``weight_fmt=None`` leaves it float).
+        calibration_data: ``{module path (or leaf path): inputs [..., K]}`` (K = product of the
+            contracted axes, in the matrix layout) for rules with a method other than "rtn",
+            e.g. from :func:`capture_dense_inputs`.
+        module, example_inputs: the Linen module and its call arguments (a tuple, one array or
+            a dict of keyword arguments); needed for ``nn.DenseGeneral`` / ``nn.Einsum`` kernels
+            (which axes are contracted, see :func:`linen_weight_sites`) and, without
+            ``calibration_data``, to capture the calibration inputs.
 
     Returns:
         A new tree of the same structure with :class:`QArray` / :class:`ScaledQArray` leaves
-        where rules matched. A rule's ``act_fmt`` (W8A8) is recorded by wrapping the kernel in
+        where rules matched. A 2-D ``[in, out]`` kernel is quantized along axis 0; other kernels
+        are quantized in their matrix layout and stored in their own layout (``axis`` = the
+        contracted axes). A rule's ``act_fmt`` (W8A8) is recorded by wrapping a 2-D kernel in
         a :class:`ScaledQArray` with unit ``input_scale``.
+
+    Raises:
+        ValueError: a rule (with a ``weight_fmt``) matching no leaf; a matched kernel whose
+            contraction is unknown (an >2-D kernel without ``module``/``example_inputs`` or
+            ``contract_axes``); AWQ / SmoothQuant / ``act_fmt`` on a kernel that is not 2-D.
 
     Example:
         >>> import flax.linen as nn
@@ -98,36 +264,121 @@ def quantize_params(
         >>> qv = quantize_params(v, QuantRule(pattern="layers_0", weight_fmt="int8"))
         >>> type(qv["params"]["layers_0"]["kernel"]).__name__
         'QArray'
+        >>> tree = {"layer0": {"w": jnp.ones((3, 8, 4))}}   # y = einsum("bk,kn->bn")-style weight
+        >>> qt = quantize_params(tree, QuantRule(pattern="layer0/w", contract_axes=(1,), batch_axes=(0,)))
+        >>> qt["layer0"]["w"].axis
+        (1,)
     """
-    from jaxeff.quant.model import _as_rules, _calibration_input, _match, _quantize_kernel, _quantize_table
+    from jaxeff.quant.model import (
+        _as_rules,
+        _calibration_input,
+        _check_rules_match,
+        _match,
+        _quantize_matrix,
+        _quantize_table,
+    )
 
     rules = _as_rules(rules)
     if calibration_data is not None and not isinstance(calibration_data, Mapping):
         raise ValueError("`calibration_data` must be a mapping {module path: inputs}.")
+    if not isinstance(params, Mapping):
+        raise ValueError(f"`params` must be a (nested) mapping of arrays, got {type(params).__name__}.")
     wrapped = _params_root(params)
     root = params["params"] if wrapped else params
-    for path, leaf in _walk(root):
+    leaves = list(_walk(root))
+    for path, leaf in leaves:
         if not all(isinstance(k, str) for k in path):
             raise ValueError(f"`params` keys must be strings, got path {path!r}.")
+    inputs = _norm_inputs(example_inputs)
+    if (module is None) != (inputs is None):
+        raise ValueError("`module` and `example_inputs` must be given together.")
+    variables = params if wrapped else {"params": params}
+    sites = {} if module is None else linen_weight_sites(module, variables, *inputs[0], **inputs[1])
+
+    def spell(path):
+        return ".".join(path), "/".join(path)
+
+    def floating(leaf):
+        return not _is_q(leaf) and hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.floating)
+
+    def classify(path, leaf):
+        """(kind, rule, site) of a leaf; kind in linear/embed/param/None."""
+        nd = np.ndim(leaf)
+        mod, name = ".".join(path[:-1]), path[-1]
+        for r in rules:  # plain-tree rules naming the leaf and its contracted axes come first
+            if r.contract_axes is not None and nd >= 2 and any(re.fullmatch(r.pattern, p) for p in spell(path)):
+                out = tuple(a for a in range(nd) if a not in r.contract_axes and a not in r.batch_axes)
+                if any(a < 0 or a >= nd for a in r.contract_axes + r.batch_axes) or not out:
+                    raise ValueError(f"QuantRule {r.pattern!r}: `contract_axes` {r.contract_axes} / `batch_axes` "
+                                     f"{r.batch_axes} do not fit leaf {'.'.join(path)!r} of shape {np.shape(leaf)}.")
+                site = WeightSite(path=".".join(path), name=name, kind="param", shape=tuple(np.shape(leaf)),
+                                  contract=tuple(sorted(r.contract_axes)), out=out, batch=tuple(sorted(r.batch_axes)))
+                return "linear", r, site
+        if name == "kernel" and (mod in sites or nd == 2):
+            site = sites.get(mod) or WeightSite(path=mod, name="kernel", kind="linen.Dense", shape=tuple(np.shape(leaf)),
+                                                contract=(0,), out=(1,))
+            return "linear", _match(rules, mod), site
+        if name == "kernel" and nd > 2:
+            r = _match(rules, mod)
+            if r is not None and r.weight_fmt is not None:
+                raise ValueError(
+                    f"kernel of {mod!r} has {nd} dims: which axes are contracted is unknown from the tree; pass "
+                    "`module=` and `example_inputs=` (nn.DenseGeneral / nn.Einsum), or a rule with `contract_axes`."
+                )
+            return None, None, None
+        if name == "embedding" and nd == 2:
+            return "embed", _match(rules, mod, "embed"), None
+        if nd >= 2:
+            return "param", _match(rules, spell(path), "param"), None
+        return None, None, None
+
+    plan = {}
+    cands = {"linear": [], "embed": [], "param": []}
+    for path, leaf in leaves:
+        if not floating(leaf):
+            continue
+        kind, r, site = classify(path, leaf)
+        if kind is None:
+            continue
+        cands[kind] += [site.path] if kind == "linear" and site.kind != "param" else (
+            [".".join(path[:-1])] if kind == "embed" else list(spell(path)))
+        if r is not None and r.weight_fmt is not None:
+            plan[path] = (kind, r, site)
+    _check_rules_match(rules, cands, "leaf of `params`")
+
+    need = [site for kind, r, site in plan.values() if kind == "linear" and r.method != "rtn"]
+    data = calibration_data
+    if need and data is None:
+        if module is None:
+            methods = sorted({r.method for kind, r, _ in plan.values() if kind == "linear" and r.method != "rtn"})
+            raise ValueError(f"`calibration_data` (or `module` + `example_inputs`) is required for methods {methods}.")
+        data = capture_dense_inputs(module, variables, *inputs[0], **inputs[1])
 
     def fn(path, leaf):
-        if _is_q(leaf) or not hasattr(leaf, "dtype") or not jnp.issubdtype(leaf.dtype, jnp.floating):
+        if path not in plan:
             return leaf
-        mod, name = ".".join(path[:-1]), path[-1]
-        nd = np.ndim(leaf)
-        kind = "linear" if (name == "kernel" and nd == 2) else "embed" if (name == "embedding" and nd == 2) else (
-            "param" if nd >= 2 else None)
-        if kind is None:
-            return leaf
-        r = _match(rules, mod if kind != "param" else ".".join(path), kind)
-        if r is None or r.weight_fmt is None:
-            return leaf
+        kind, r, site = plan[path]
         if kind != "linear":
-            return _quantize_table(r, leaf, axis=1 if kind == "embed" else nd - 1)
-        x = None if r.method == "rtn" else _calibration_input(calibration_data, mod, r.method, leaf.shape[0])
-        qw = _quantize_kernel(r, leaf, x)
+            return _quantize_table(r, leaf, axis=1 if kind == "embed" else np.ndim(leaf) - 1)
+        where = f"leaf {'.'.join(path)!r}"
+        if not site.is_matrix and (r.act_fmt is not None or r.method in ("awq", "smoothquant")):
+            raise ValueError(f"{where} (shape {site.shape}): act_fmt / AWQ / SmoothQuant need a 2-D [in, out] kernel "
+                             "in a Linen tree; use rtn/gptq/quantease weight-only rules for it.")
+        x = None
+        if r.method != "rtn":
+            key = site.path if site.path in (data or {}) else next((p for p in spell(path) if p in (data or {})),
+                                                                   site.path)
+            x = _calibration_input(data, key, r.method, site.in_features, site.batch_shape)
+            if not site.batch:
+                x = x.reshape(-1, site.in_features)
+        try:
+            qw = _quantize_matrix(r, site, leaf, x)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
+        if isinstance(qw, QArray):
+            qw = _matrix_to_layout(qw, site, where)
         if r.act_fmt is not None and isinstance(qw, QArray):
-            qw = ScaledQArray(qweight=qw, input_scale=jnp.ones((leaf.shape[0],), jnp.float32),
+            qw = ScaledQArray(qweight=qw, input_scale=jnp.ones((site.in_features,), jnp.float32),
                               act_fmt=get_qformat(r.act_fmt, "act_fmt").name)
         return qw
 
@@ -155,9 +406,12 @@ def quantized_apply(module: nn.Module, variables: Mapping[str, Any], *args, meth
                     **kwargs):
     """``module.apply(variables, *args)`` where ``variables`` may hold quantized leaves.
 
-    ``nn.Dense`` layers with a quantized kernel run :func:`quantized_matmul` on it (weight-only
-    dequantize-in-kernel, or int8 x int8 with dynamic per-token activation scales for W8A8
-    kernels); every other quantized leaf is dequantized first. Wrap the call in ``jax.jit``.
+    ``nn.Dense`` / ``nn.DenseGeneral`` / ``nn.Einsum`` layers with a quantized kernel run a
+    true quantized matmul on it: the input is laid out as ``[tokens, K]`` (the layer's
+    contracted axes flattened, as its einsum equation says), multiplied with the kernel's
+    ``[K, N]`` codes (weight-only dequantize-in-kernel, or int8 x int8 / fp8 with dynamic
+    per-token activation scales for W8A8 kernels) and put back in the layer's output layout;
+    every other quantized leaf is dequantized first. Wrap the call in ``jax.jit``.
 
     Args:
         module: the Linen module.
@@ -172,29 +426,37 @@ def quantized_apply(module: nn.Module, variables: Mapping[str, Any], *args, meth
         >>> quantized_apply(mlp, qv, jnp.ones((2, 16))).shape
         (2, 4)
     """
+    from jaxeff.quant.model import _as_matmul, _bias_term, _out_dtype, _qmatmul
+
     if not _params_root(variables):
         raise ValueError("`variables` must be a dict with a 'params' collection (as from module.init).")
     qparams = variables["params"]
 
-    def lookup(path):
-        node = qparams
-        for k in path:
-            if not isinstance(node, Mapping) or k not in node:
-                return None
-            node = node[k]
-        return node
-
     def interceptor(next_fun, args_, kwargs_, context):
         mod = context.module
-        if type(mod) is nn.Dense and context.method_name == "__call__" and mod.scope is not None:
-            k = lookup(tuple(mod.scope.path) + ("kernel",))
+        if isinstance(mod, _LAYERS) and context.method_name == "__call__" and mod.scope is not None:
+            k = _lookup(qparams, tuple(mod.scope.path) + ("kernel",))
             if _is_q(k):
-                (x,) = args_
-                y = quantized_matmul(x, k)
+                x = jnp.asarray(args_[0])
+                if type(mod) is nn.Dense:
+                    y = quantized_matmul(x, k)
+                    if mod.use_bias:
+                        y = y + mod.get_variable("params", "bias")
+                    dt = mod.dtype or jnp.result_type(x.dtype, jnp.dtype(k.qweight.dtype if isinstance(k, ScaledQArray) else k.dtype))
+                    return y.astype(dt)
+                eq = kwargs_.get("einsum_str", args_[1] if len(args_) > 1 else None)
+                site = _module_site(mod, ".".join(mod.scope.path), tuple(k.shape), eq)
+                spec = _call_spec(mod, site)
+                lhs, rhs, out = spec.letters(x.ndim, site)
+                x3, finish = _as_matmul(x, lhs, rhs, out, site)
+                if isinstance(k, ScaledQArray):
+                    qm, ins, act = _layout_to_matrix(k.qweight, site), k.input_scale, k.act_fmt
+                else:
+                    qm, ins, act = _layout_to_matrix(k, site), None, None
+                y = finish(_qmatmul(x3, qm, ins, act, "absmax"))
                 if mod.use_bias:
-                    y = y + mod.get_variable("params", "bias")
-                dt = mod.dtype or jnp.result_type(x.dtype, jnp.dtype(k.qweight.dtype if isinstance(k, ScaledQArray) else k.dtype))
-                return y.astype(dt)
+                    y = y + _bias_term(mod.get_variable("params", "bias"), spec, lhs, rhs, out, site)
+                return y.astype(_out_dtype(spec, x, qm.dtype))
         return next_fun(*args_, **kwargs_)
 
     float_vars = dict(variables)
@@ -205,10 +467,13 @@ def quantized_apply(module: nn.Module, variables: Mapping[str, Any], *args, meth
 
 def capture_dense_inputs(module: nn.Module, variables: Mapping[str, Any], *args, method: Any = None,
                          **kwargs) -> dict[str, jax.Array]:
-    """Inputs ``[N, in]`` of every ``nn.Dense`` call during ``module.apply(variables, *args)``.
+    """Inputs ``[N, K]`` of every ``nn.Dense`` / ``nn.DenseGeneral`` / ``nn.Einsum`` call during
+    ``module.apply(variables, *args)``.
 
-    Keys are the dotted module paths used by :func:`quantize_params` (repeated calls of one
-    layer are concatenated along the token axis). Run it eagerly (not under ``jit``).
+    ``K`` runs over the layer's contracted input axes in the order of the kernel's matrix
+    layout, so ``X @ site.matrix(kernel)`` is the layer's pre-bias output (flattened). Keys are
+    the dotted module paths used by :func:`quantize_params` (repeated calls of one layer are
+    concatenated along the token axis). Run it eagerly (not under ``jit``).
 
     Example:
         >>> import flax.linen as nn
@@ -217,18 +482,32 @@ def capture_dense_inputs(module: nn.Module, variables: Mapping[str, Any], *args,
         >>> {k: x.shape for k, x in capture_dense_inputs(mlp, v, jnp.ones((5, 16))).items()}
         {'layers_0': (5, 16), 'layers_2': (5, 32)}
     """
+    from jaxeff.quant.model import _as_matmul
+
     if not _params_root(variables):
         raise ValueError("`variables` must be a dict with a 'params' collection (as from module.init).")
     seen: dict[str, list] = {}
+    params = variables["params"]
 
     def interceptor(next_fun, args_, kwargs_, context):
         mod = context.module
-        if isinstance(mod, nn.Dense) and context.method_name == "__call__" and mod.scope is not None:
-            x = args_[0]
-            seen.setdefault(".".join(mod.scope.path), []).append(jnp.reshape(x, (-1, x.shape[-1])))
+        if isinstance(mod, _LAYERS) and context.method_name == "__call__" and mod.scope is not None:
+            x = jnp.asarray(args_[0])
+            path = ".".join(mod.scope.path)
+            k = _lookup(params, tuple(mod.scope.path) + ("kernel",))
+            if type(mod) is nn.Dense or k is None:
+                x3 = jnp.reshape(x, (-1, x.shape[-1]))
+            else:
+                eq = kwargs_.get("einsum_str", args_[1] if len(args_) > 1 else None)
+                try:
+                    site = _module_site(mod, path, tuple(k.shape), eq)
+                except ValueError:
+                    return next_fun(*args_, **kwargs_)  # not capturable (batched DenseGeneral)
+                x3, _ = _as_matmul(x, *_call_spec(mod, site).letters(x.ndim, site), site)
+            seen.setdefault(path, []).append(x3)
         return next_fun(*args_, **kwargs_)
 
     with nn.intercept_methods(interceptor):
         module.apply(dequantize_params(variables) if any(_is_q(l) for _, l in _walk(variables)) else variables,
                      *args, method=method, **kwargs)
-    return {k: jnp.concatenate(v, axis=0) for k, v in seen.items()}
+    return {k: jnp.concatenate(v, axis=-2) for k, v in seen.items()}

@@ -411,3 +411,113 @@ def test_summary_table_and_bytes():
     row = {r.path: r for r in summary}["o"]
     assert row.bytes_before == 4 * 256 and row.bytes_after == 256 + 4 * 16  # int8 codes + one f32 scale per column
     assert summary == quantization_summary(qm)
+
+
+# ------------------------------------------------------------------------------------------
+# Linen DenseGeneral / Einsum, plain parameter trees
+# ------------------------------------------------------------------------------------------
+def _linen_model():
+    import flax.linen as nn
+
+    class Block(nn.Module):
+        @nn.compact
+        def __call__(self, x):  # x [B, T, 16]
+            q = nn.Einsum((16, 4, 4), "btd,dnh->btnh", name="q")(x)
+            h = nn.DenseGeneral(16, axis=(-2, -1), name="o")(jax.nn.gelu(q))
+            return nn.Dense(8, name="out")(h)
+
+    return Block()
+
+
+def test_linen_dense_general_and_einsum_quantized_matmuls():
+    from jaxeff.quant import capture_dense_inputs, dequantize_params, linen_weight_sites, quantize_params, quantized_apply
+
+    m = _linen_model()
+    x = jax.random.normal(jax.random.key(0), (2, 6, 16))
+    v = m.init(jax.random.key(1), x)
+    p = v["params"]
+    sites = linen_weight_sites(m, v, x)
+    assert (sites["q"].kind, sites["q"].contract, sites["q"].out) == ("linen.Einsum", (0,), (1, 2))
+    assert (sites["o"].kind, sites["o"].contract, sites["o"].out) == ("linen.DenseGeneral", (0, 1), (2,))
+    # a >2-D kernel without module information is refused, naming the layer
+    with pytest.raises(ValueError, match="'q'"):
+        quantize_params(v, QuantRule(weight_fmt="int8"))
+    qv = quantize_params(v, QuantRule(weight_fmt="int8"), module=m, example_inputs=(x,))
+    qp = qv["params"]
+    assert qp["q"]["kernel"].shape == (16, 4, 4) and qp["q"]["kernel"].axis == (0,)
+    assert qp["o"]["kernel"].axis == (0, 1) and qp["o"]["kernel"].scale.shape == (1, 1, 16)
+    # codes: numpy RTN of each kernel's matrix layout
+    for name in ("q", "o"):
+        mat = np.asarray(sites[name].matrix(p[name]["kernel"]), np.float64)
+        np.testing.assert_allclose(np.asarray(sites[name].matrix(qp[name]["kernel"].dequantize())), _np_rtn(mat)[0],
+                                   rtol=1e-6, atol=1e-7)
+    dq = dequantize_params(qv)["params"]
+    xn = np.asarray(x, np.float64)
+    q_ref = np.einsum("btd,dnh->btnh", xn, np.asarray(dq["q"]["kernel"])) + np.asarray(p["q"]["bias"])
+    h = np.asarray(jax.nn.gelu(jnp.asarray(q_ref, jnp.float32)), np.float64)
+    o_ref = np.einsum("btnh,nhd->btd", h, np.asarray(dq["o"]["kernel"])) + np.asarray(p["o"]["bias"])
+    ref = o_ref @ np.asarray(dq["out"]["kernel"]) + np.asarray(p["out"]["bias"])
+    y = jax.jit(lambda vv, xx: quantized_apply(m, vv, xx))(qv, x)
+    np.testing.assert_allclose(np.asarray(y), ref, rtol=1e-4, atol=1e-4)
+    jaxpr = str(jax.make_jaxpr(lambda xx: quantized_apply(m, qv, xx))(x))
+    assert "i8" in jaxpr and jaxpr.count("dot_general") >= 3
+    # GPTQ on the captured [tokens, K] inputs equals gptq by hand on the kernel's matrix
+    cap = capture_dense_inputs(m, v, x)
+    assert cap["o"].shape == (12, 16) and cap["q"].shape == (12, 16)
+    qg = quantize_params(v, QuantRule(weight_fmt="int4", group_size=4, method="gptq"), module=m, example_inputs=x)
+    ref_q = gptq(sites["q"].matrix(p["q"]["kernel"]), x=cap["q"], fmt="int4", group_size=4)
+    got = qg["params"]["q"]["kernel"]
+    np.testing.assert_array_equal(np.asarray(sites["q"].matrix(got.codes())), np.asarray(ref_q.codes()))
+    np.testing.assert_allclose(np.asarray(quantized_apply(m, qg, x)), np.asarray(m.apply(dequantize_params(qg), x)),
+                               rtol=1e-4, atol=1e-4)
+    # o contracts (n, h): groups of 4 along the flattened K are groups along h, one scale per (n, group, d)
+    assert got.shape == (16, 4, 4) and qg["params"]["o"]["kernel"].axis == (1,)
+    qo = quantize_params(v, QuantRule(pattern="o", weight_fmt="int4", group_size=2, method="gptq"), module=m,
+                         example_inputs=x)["params"]["o"]["kernel"]
+    assert qo.axis == (1,) and qo.scale.shape == (4, 2, 16)
+    ref_o = gptq(sites["o"].matrix(p["o"]["kernel"]), x=cap["o"], fmt="int4", group_size=2)
+    np.testing.assert_array_equal(np.asarray(sites["o"].matrix(qo.codes())), np.asarray(ref_o.codes()))
+    np.testing.assert_allclose(np.asarray(sites["o"].matrix(qo.dequantize())), np.asarray(ref_o.dequantize()))
+    with pytest.raises(ValueError, match="group_size"):  # a group would straddle two heads
+        quantize_params(v, QuantRule(pattern="o", weight_fmt="int4", group_size=8), module=m, example_inputs=x)
+    with pytest.raises(ValueError, match="2-D"):
+        quantize_params(v, QuantRule(pattern="q", weight_fmt="int8", act_fmt="int8"), module=m, example_inputs=x)
+    # W8A8 on the 2-D Dense still runs int8 x int8
+    qa = quantize_params(v, [QuantRule(pattern="out", weight_fmt="int8", act_fmt="int8")], module=m, example_inputs=x)
+    assert "preferred_element_type=int32" in str(jax.make_jaxpr(lambda xx: quantized_apply(m, qa, xx))(x))
+
+
+def test_plain_parameter_tree_with_contract_axes(tmp_path):
+    from jaxeff.quant import dequantize_params, quantize_params
+
+    k = jax.random.split(jax.random.key(0), 3)
+    tree = {"layer0": {"w": jax.random.normal(k[0], (16, 6)), "b": jnp.zeros(6)},
+            "experts": {"w": jax.random.normal(k[1], (3, 6, 16))},   # [expert, out, in]
+            "emb": jax.random.normal(k[2], (10, 16))}
+    rules = [QuantRule(pattern="layer0/w", contract_axes=(0,), weight_fmt="int4", group_size=8),
+             QuantRule(pattern=r"experts\.w", contract_axes=(2,), batch_axes=(0,), weight_fmt="int8")]
+    qt = quantize_params(tree, rules)
+    assert qt["emb"] is tree["emb"] and qt["layer0"]["b"] is tree["layer0"]["b"]
+    w0 = np.asarray(tree["layer0"]["w"], np.float64)
+    np.testing.assert_allclose(np.asarray(qt["layer0"]["w"].dequantize()), _np_rtn(w0, 4, 8)[0], rtol=1e-6, atol=1e-7)
+    we = np.asarray(tree["experts"]["w"], np.float64)
+    ref = np.swapaxes(_np_rtn(np.swapaxes(we, 1, 2))[0], 1, 2)  # per (expert, out) row, along "in"
+    q = qt["experts"]["w"]
+    assert q.shape == (3, 6, 16) and q.axis == (2,)
+    np.testing.assert_allclose(np.asarray(dequantize_params(qt)["experts"]["w"]), ref, rtol=1e-6, atol=1e-7)
+    # GPTQ on a plain tree with calibration inputs keyed by the leaf path
+    x = jax.random.normal(jax.random.key(5), (64, 16))
+    qg = quantize_params(tree, QuantRule(pattern="layer0/w", contract_axes=(0,), weight_fmt="int4", method="gptq"),
+                         calibration_data={"layer0.w": x})
+    np.testing.assert_array_equal(np.asarray(qg["layer0"]["w"].qvalue),
+                                  np.asarray(gptq(tree["layer0"]["w"], x=x, fmt="int4").qvalue))
+    with pytest.raises(ValueError, match="matches no"):
+        quantize_params(tree, QuantRule(pattern="layer1/w", contract_axes=(0,)))
+    with pytest.raises(ValueError, match="contract_axes"):
+        quantize_params(tree, QuantRule(pattern="layer0/w", contract_axes=(2,)))
+    with pytest.raises(ValueError, match="contract_axes"):
+        QuantRule(contract_axes=(0, 0))
+    f = tmp_path / "tree.safetensors"
+    save_quantized(f, qt)
+    back = load_quantized(f)
+    np.testing.assert_array_equal(np.asarray(back["experts"]["w"].dequantize()), np.asarray(q.dequantize()))
