@@ -296,13 +296,26 @@ def _replace_shape_attrs(module: Any, old: tuple[int, ...], new: tuple[int, ...]
             setattr(module, k, type(v)(new) if isinstance(v, list) else tuple(new))
 
 
+def _replace_like(old: jax.Array, new: jax.Array) -> jax.Array:
+    """``new`` placed with ``old``'s NamedSharding when every sharded axis still divides evenly."""
+    sh = getattr(old, "sharding", None)
+    if not isinstance(sh, jax.sharding.NamedSharding):
+        return new
+    sizes = dict(zip(sh.mesh.axis_names, sh.mesh.axis_sizes))
+    for dim, ax in zip(new.shape, tuple(sh.spec) + (None,) * (new.ndim - len(sh.spec))):
+        names = () if ax is None else (ax if isinstance(ax, tuple) else (ax,))
+        if dim % int(np.prod([sizes[n] for n in names] or [1])):
+            return new  # e.g. fewer KV heads than model-parallel devices: left to XLA (replicated)
+    return jax.device_put(new, sh)
+
+
 def _resize_weight(module: Any, site: WeightSite, role: str, units: np.ndarray) -> None:
     """Slice ``module``'s weight (and, for a producer, its output-shaped biases) to ``units``."""
     axes = _hidden_axes(site, role)
     var = getattr(module, site.name)
     w = var.get_value()
     old = tuple(w.shape)
-    w_new = _take_units(w, axes, units, site.full_path)
+    w_new = _replace_like(w, _take_units(w, axes, units, site.full_path))
     var.set_value(w_new)
     new = tuple(w_new.shape)
     if isinstance(module, nnx.Linear):
@@ -322,7 +335,7 @@ def _resize_weight(module: Any, site: WeightSite, role: str, units: np.ndarray) 
         if b is None:
             continue
         if tuple(np.shape(b)) == hshape:
-            nb = _take_units(b, tuple(range(len(hshape))), units, _join(site.path, k))
+            nb = _replace_like(b, _take_units(b, tuple(range(len(hshape))), units, _join(site.path, k)))
             v.set_value(nb)
             if not isinstance(module, (nnx.Linear, nnx.LinearGeneral)):
                 _replace_shape_attrs(module, hshape, tuple(nb.shape))
@@ -621,7 +634,10 @@ def prune_structured(
                 rows = np.zeros(G, bool)
                 rows[np.asarray(kept)] = True
                 w_new = jnp.where(jnp.asarray(np.repeat(rows, gs))[:, None], w, 0)
-        var.set_value(site.unmatrix(jnp.asarray(w_new, w_orig.dtype)))
+        w_new = site.unmatrix(jnp.asarray(w_new, w_orig.dtype))
+        if isinstance(getattr(w_orig, "sharding", None), jax.sharding.NamedSharding):
+            w_new = jax.device_put(w_new, w_orig.sharding)  # the host-side refit keeps the placement
+        var.set_value(w_new)
         keep_out[path] = kept
     if not keep_out:
         want = sorted(_join(path, info["consumers"][0]) for path, (_, _, info) in blocks.items())

@@ -9,6 +9,7 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
+from jax.sharding import PartitionSpec as P
 
 from jaxeff._core.layers import capture_inputs
 from jaxeff.prune import (GQA_ATTENTION_PATTERN, MLP_PATTERN, find_prunable_blocks, group_masks, osscar,
@@ -224,3 +225,29 @@ def test_llama_family_sparsegpt_export_and_group_masks(hf_models, tmp_path):
     assert not np.any(np.asarray(a["q_proj"]["bias"])[: 2 * hd]) and np.all(np.asarray(a["q_proj"]["bias"])[2 * hd:])
     assert not np.any(np.asarray(a["o_proj"]["kernel"])[: 2 * hd]) and a["o_proj"].get("bias") is None
     assert gm["model"]["layers"][1]["self_attn"]["q_proj"]["kernel"] is None
+
+
+def test_llama_family_sharded_prune_and_shrink_keep_placement():
+    from jax.sharding import AxisType
+
+    from jaxeff.models import LlamaConfig, random_init, shard_model
+
+    cfg = LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=8, num_key_value_heads=4)
+    ids = jnp.asarray(np.random.default_rng(0).integers(0, 256, (2, 12)))
+    m = random_init(cfg, 0)
+    ref_masked, keep = prune_structured(m, None, 0.5, pattern=(MLP_PATTERN, GQA_ATTENTION_PATTERN),
+                                        example_inputs=(ids,), local_search_iters=2)
+    mesh = jax.make_mesh((2, 4), ("data", "model"), axis_types=(AxisType.Auto,) * 2)
+    shard_model(m, mesh)
+    masked, keep2 = prune_structured(m, None, 0.5, pattern=(MLP_PATTERN, GQA_ATTENTION_PATTERN),
+                                     example_inputs=(ids,), local_search_iters=2)
+    for k in keep:
+        np.testing.assert_array_equal(keep[k], keep2[k])
+    o = masked.model.layers[0].self_attn.o_proj.kernel[...]
+    assert o.sharding.spec == m.model.layers[0].self_attn.o_proj.kernel[...].sharding.spec
+    small = shrink(masked, keep2)
+    a = small.model.layers[1].self_attn
+    assert a.num_kv_heads == 2 and a.k_proj.kernel[...].sharding.spec == P(None, "model")
+    assert small.model.layers[1].mlp.down_proj.kernel[...].sharding.spec == P("model", None)
+    np.testing.assert_allclose(small(ids), ref_masked(ids), rtol=1e-4, atol=1e-5)
