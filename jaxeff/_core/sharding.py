@@ -30,6 +30,8 @@ __all__ = [
     "initialize_distributed",
     "global_array_from_process_data",
     "pad_to_multiple",
+    "row_mesh_axis",
+    "place",
 ]
 
 
@@ -122,6 +124,76 @@ def shard_batch(x: Any, mesh: jax.sharding.Mesh, axis: str | Sequence[str] = "da
 def replicate(x: Any, mesh: jax.sharding.Mesh) -> Any:
     """Place a pytree of arrays fully replicated on ``mesh``."""
     return jax.tree.map(lambda a: jax.device_put(jnp.asarray(a), NamedSharding(mesh, P())), x)
+
+
+def _is_explicit(mesh: Any) -> bool:
+    return any(t == jax.sharding.AxisType.Explicit for t in getattr(mesh, "axis_types", ()))
+
+
+def row_mesh_axis(x: Any, mesh: Any = None, axis: str | None = None, *, default_axis: str = "data"):
+    """The ``(mesh, axis)`` that the rows (dimension 0) of ``x`` are split over, or ``(None, None)``.
+
+    * ``mesh`` given: ``(mesh, axis or default_axis)`` (the axis must exist).
+    * a concrete ``jax.Array``: read from its ``NamedSharding``.
+    * a tracer inside ``jit``: read from its type, ``jax.typeof(x).sharding`` (the abstract
+      mesh of sharding-in-types). That type records the split only for ``Explicit`` axes; on
+      ``Auto`` axes a traced array's layout is XLA's choice, the caller's single-device code
+      runs and XLA partitions it.
+
+    A split over several mesh axes at once (``P(("a", "b"))``) is not a single row axis and
+    gives ``(None, None)``. A size-1 axis is returned too (a one-device shard_map is the same
+    computation, and Explicit types must be respected).
+
+    Example:
+      >>> mesh = jax.make_mesh((1,), ("data",))
+      >>> x = jax.device_put(jnp.ones((4, 2)), NamedSharding(mesh, P("data")))
+      >>> row_mesh_axis(x)[1]
+      'data'
+    """
+    if mesh is not None:
+        axis = default_axis if axis is None else axis
+        if axis not in mesh.shape:
+            raise ValueError(f"`axis` {axis!r} is not a mesh axis; mesh axes are {tuple(mesh.shape)}.")
+        return mesh, axis
+    sh = None
+    if isinstance(x, jax.core.Tracer):
+        try:
+            sh = jax.typeof(x).sharding
+        except Exception:  # noqa: BLE001 - an abstract value without sharding: nothing to read
+            sh = None
+    else:
+        sh = getattr(x, "sharding", None)
+    spec = getattr(sh, "spec", None)
+    if not isinstance(sh, NamedSharding) or spec is None or len(spec) == 0 or spec[0] is None:
+        return None, None
+    ax = spec[0]
+    if isinstance(ax, tuple):
+        if len(ax) != 1:
+            return None, None
+        ax = ax[0]
+    m = sh.mesh
+    if ax not in m.shape:
+        return None, None
+    if m.shape[ax] == 1 and not _is_explicit(m):
+        return None, None
+    return m, ax
+
+
+def place(x: Any, mesh: Any, spec: P) -> Any:
+    """Give ``x`` (concrete or traced) the sharding ``NamedSharding(mesh, spec)``.
+
+    On a mesh with ``Explicit`` axes this is ``jax.reshard`` (the sharding is part of the
+    type; a sharding constraint would not change it); on ``Auto`` meshes a
+    ``with_sharding_constraint``. Use it on every operand before ``jax.shard_map`` so the
+    same code runs on both kinds of mesh (and on the abstract mesh of a tracer). ``None``
+    passes through.
+    """
+    if x is None:
+        return None
+    sharding = NamedSharding(mesh, spec)
+    if _is_explicit(mesh):
+        return jax.sharding.reshard(x, sharding)
+    return jax.lax.with_sharding_constraint(x, sharding)
 
 
 def pad_to_multiple(x: jax.Array, multiple: int, *, dim: int = 0, value: float = 0) -> tuple[jax.Array, jax.Array]:

@@ -11,9 +11,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding
 
 from jaxeff._core import check_finite, check_ndim, is_traced
+from jaxeff._core.sharding import place, row_mesh_axis
 from jaxeff._core.validation import error_if, is_inexact_dtype
 
 __all__: list[str] = []
@@ -28,7 +28,11 @@ def float_dtype(x: Any) -> Any:
 
 
 def check_X(X: Any, name: str = "X") -> jax.Array:
-    """2-D finite floating design matrix (converted to a jax array of a floating dtype)."""
+    """2-D finite floating design matrix (converted to a jax array of a floating dtype).
+
+    Integer input becomes the default float; low-precision floats (bf16, fp16) are upcast to
+    float32 so every computation runs in at least float32.
+    """
     check_ndim(name, X, 2)
     if np.shape(X)[0] == 0 or np.shape(X)[1] == 0:
         raise ValueError(f"`{name}` must have at least one row and one column, got shape {np.shape(X)}.")
@@ -37,6 +41,8 @@ def check_X(X: Any, name: str = "X") -> jax.Array:
     X = jnp.asarray(X)
     if not jnp.issubdtype(X.dtype, jnp.floating):
         X = X.astype(jnp.result_type(float))
+    elif jnp.dtype(X.dtype).itemsize < 4:
+        X = X.astype(jnp.float32)  # bf16 / fp16 / fp8 input: computed in float32
     return X
 
 
@@ -99,25 +105,12 @@ def check_Xy(X: Any, y: Any, weights: Any = None, *, weights_name: str = "weight
 
 
 def mesh_axis_of(x: Any, mesh: Any = None, axis: str | None = None):
-    """The (mesh, axis) that rows of ``x`` are split over: explicit, or read from its sharding.
+    """The (mesh, axis) that rows of ``x`` are split over: explicit, or read from its sharding
+    (from its type under ``jit`` on Explicit axes; see :func:`jaxeff._core.sharding.row_mesh_axis`).
 
     Returns ``(None, None)`` when ``x`` is not row-sharded and no mesh is given.
     """
-    if mesh is not None:
-        axis = "data" if axis is None else axis
-        if axis not in mesh.shape:
-            raise ValueError(f"`axis` {axis!r} is not a mesh axis; mesh axes are {tuple(mesh.shape)}.")
-        return mesh, axis
-    sh = getattr(x, "sharding", None)
-    if isinstance(sh, NamedSharding) and len(sh.spec) > 0 and sh.spec[0] is not None:
-        ax = sh.spec[0]
-        if isinstance(ax, tuple):
-            if len(ax) != 1:
-                return None, None
-            ax = ax[0]
-        if sh.mesh.shape[ax] > 1:
-            return sh.mesh, ax
-    return None, None
+    return row_mesh_axis(x, mesh, axis)
 
 
 def check_rows_divisible(n: int, mesh: Any, axis: str | None) -> None:
@@ -148,10 +141,4 @@ def shard_index(axis: str | None) -> Any:
 def constrain(x: Any, mesh: Any, spec: Any) -> Any:
     """Place a traced array on ``mesh`` with ``spec`` (``reshard`` for Explicit axes, else a
     sharding constraint), so that it can enter ``jax.shard_map`` with that spec."""
-    if x is None:
-        return None
-    sh = NamedSharding(mesh, spec)
-    explicit = all(t == jax.sharding.AxisType.Explicit for t in getattr(mesh, "axis_types", ()))
-    if explicit:
-        return jax.reshard(x, sh)
-    return jax.lax.with_sharding_constraint(x, sh)
+    return place(x, mesh, spec)

@@ -51,7 +51,7 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from jaxeff._core import check_in_range, check_key, is_traced
-from jaxeff.coreset._common import check_rows_divisible, check_Xy, constrain, mesh_axis_of, psum
+from jaxeff.coreset._common import check_rows_divisible, check_Xy, constrain, mesh_axis_of, psum, shard_index
 from jaxeff.coreset.logistic import LogisticFit, LogisticFitStatus, _lbfgs_minimize
 
 __all__ = ["ObliviousSketch", "oblivious_sketch", "oblivious_sketch_loss", "fit_oblivious_sketch",
@@ -110,22 +110,31 @@ def _hashes(key, n, L, N, U, p):
 def _build(n, d, L, N, U, p_items, mesh, axis):
     p = np.asarray(p_items, np.float64)
 
-    def local(X, y, lev, bucket):
+    ax = None if mesh is None else axis
+
+    def local(X, y, lev, bucket, uni):
         # rows with y = -1 go to a second copy of the buckets, subtracted afterwards: the same
         # sums of z_i = y_i x_i without materialising D_y X before the scatter-add
         seg = lev * N + bucket + jnp.where(y < 0, L * N, 0).astype(jnp.int32)
         S2 = jax.ops.segment_sum(X, seg, num_segments=2 * L * N)
-        return psum(S2[: L * N] - S2[L * N:], None if mesh is None else axis)
+        # the uniform block: each shard contributes the sampled rows it holds (exactly one
+        # shard holds each row, the others add zeros), so the psum is the plain gather
+        n_loc = X.shape[0]
+        j = uni - shard_index(ax) * n_loc
+        mine = (j >= 0) & (j < n_loc)
+        jc = jnp.clip(j, 0, n_loc - 1)
+        Zu = jnp.where(mine[:, None], y[jc][:, None] * X[jc], 0.0)
+        return psum(S2[: L * N] - S2[L * N:], ax), psum(Zu, ax)
 
     def run(key, X, y):
         lev, bucket, uni = _hashes(key, n, L, N, U, p)
         if mesh is None:
-            S = local(X, y, lev, bucket)
+            S, Zu = local(X, y, lev, bucket, uni)
         else:
             row = P(axis)
-            args = [constrain(a, mesh, row) for a in (X, y, lev, bucket)]
-            S = jax.shard_map(local, mesh=mesh, in_specs=(row,) * 4, out_specs=P(), check_vma=False)(*args)
-        Zu = y[uni][:, None] * X[uni]
+            specs = (row,) * 4 + (P(),)
+            args = [constrain(a, mesh, sp) for a, sp in zip((X, y, lev, bucket, uni), specs)]
+            S, Zu = jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=(P(), P()), check_vma=False)(*args)
         w = jnp.concatenate([jnp.repeat(jnp.asarray(1.0 / p, X.dtype), N), jnp.full((U,), n / U, X.dtype)])
         return jnp.concatenate([S, Zu], 0), w
 

@@ -56,7 +56,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from jaxeff._core import check_choice, check_in_range, check_key
+from jaxeff._core import check_choice, check_in_range, check_key, is_traced
 from jaxeff.coreset._common import (
     all_gather,
     check_rows_divisible,
@@ -463,7 +463,11 @@ def _prepare(method, key, X, y, m, replace, sample_weights, mesh, axis, sketch_s
         check_in_range("m", int(m), 1)
         if not replace and m > n:
             raise ValueError(f"`m` ({m}) must be <= n ({n}) when sampling without replacement (replace=False).")
-    mesh, axis = mesh_axis_of(X, mesh, axis)
+    # Uniform sampling reads only the row weights: under a user's `jit` the mesh comes from
+    # them, not from X (an unused traced X is pruned, and a result placed on its abstract mesh
+    # would have no devices).
+    src = sample_weights if method == "uniform" and is_traced(X) else X
+    mesh, axis = mesh_axis_of(src, mesh, axis)
     check_rows_divisible(n, mesh, axis)
     if sketch_size is not None:
         check_in_range("sketch_size", sketch_size, 1)

@@ -30,8 +30,19 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxeff._core.validation import check_choice, check_key, check_ndim, is_traced
-from jaxeff.sketch.kmeans import _check_data, _check_int
+from jaxeff._core.validation import check_choice, check_key
+from jaxeff.sketch.kmeans import (
+    _all_gather,
+    _check_data,
+    _check_int,
+    _data_mesh,
+    _dev_index,
+    _gather_rows,
+    _psum,
+    _row_map,
+)
+
+P = jax.P
 
 __all__ = ["DictionaryLearningResult", "omp", "dictionary_learning"]
 
@@ -90,7 +101,8 @@ def _omp_jit(D, A, r, chunk):
     return X
 
 
-def omp(D: jax.Array, A: jax.Array, r: int, *, chunk_size: int = 2048) -> jax.Array:
+def omp(D: jax.Array, A: jax.Array, r: int, *, chunk_size: int = 2048,
+        mesh: jax.sharding.Mesh | None = None, axis: str = "data") -> jax.Array:
     """Batched orthogonal matching pursuit: an ``r``-sparse code of every row of ``A``.
 
     For each row ``a``: ``S = ∅``; repeat ``r`` times: add
@@ -102,6 +114,9 @@ def omp(D: jax.Array, A: jax.Array, r: int, *, chunk_size: int = 2048) -> jax.Ar
       A: ``(n, d)`` signals.
       r: sparsity, ``1 <= r <= k``.
       chunk_size: rows solved at once (memory ``O(chunk_size · r · k)``).
+      mesh, axis: rows of ``A`` split over mesh axis ``axis`` (default: read from ``A``'s
+        sharding, Auto or Explicit mesh); ``D`` is replicated and each device codes its rows
+        (no communication). The codes come back sharded like ``A``.
 
     Returns:
       ``(n, k)`` codes ``X`` with at most ``r`` nonzeros per row, ``X D ≈ A``.
@@ -122,8 +137,12 @@ def omp(D: jax.Array, A: jax.Array, r: int, *, chunk_size: int = 2048) -> jax.Ar
     r = _check_int("r", r)
     if r > k:
         raise ValueError(f"`r` ({r}) must be <= the number of atoms k={k} of `D`.")
-    chunk = min(_check_int("chunk_size", chunk_size), A.shape[0])
-    return _omp_jit(D.astype(A.dtype), A, r, chunk)
+    chunk_size = _check_int("chunk_size", chunk_size)
+    mesh, axis = _data_mesh(A, mesh, axis)
+    if mesh is None:
+        return _omp_jit(D.astype(A.dtype), A, r, min(chunk_size, A.shape[0]))
+    chunk = min(chunk_size, A.shape[0] // mesh.shape[axis])
+    return _omp_sharded_fn(mesh, axis, r, chunk)(D.astype(A.dtype), A)
 
 
 def _normalize_rows(D):
@@ -131,28 +150,41 @@ def _normalize_rows(D):
     return D / jnp.maximum(nrm, 1e-12)
 
 
-def _worst_rows(A, R, k):
-    """k rows of ``A`` with the largest residual norms, normalized (re-seeding unused atoms)."""
+def _worst_rows(A, R, k, axis=None):
+    """k rows of ``A`` with the largest residual norms, normalized (re-seeding unused atoms).
+
+    Sharded (``axis``): each device proposes its local top ``min(k, n_local)`` rows, the
+    candidates are gathered in device order and the global top k taken (ties go to the lower
+    global index, as on one device)."""
     err = jnp.sum(R * R, axis=1)
-    _, idx = lax.top_k(err, k)
-    return _normalize_rows(A[idx]), idx
+    nloc = A.shape[0]
+    kk = min(k, nloc)
+    val, idx = lax.top_k(err, kk)
+    if axis is None:
+        return _normalize_rows(A[idx]), idx
+    off = _dev_index(axis) * nloc
+    cand_v = _all_gather(val, axis).reshape(-1)
+    cand_i = _all_gather(idx.astype(jnp.int32) + off, axis).reshape(-1)
+    _, pos = lax.top_k(cand_v, k)
+    gidx = cand_i[pos]
+    return _normalize_rows(_gather_rows(A, gidx, off, axis)), gidx
 
 
-def _replace_mask(D, X):
+def _replace_mask(D, X, axis=None):
     """Atoms to re-seed: unused ones, and the later of two near-duplicate atoms (|cos| > 0.99)."""
-    unused = jnp.sum(X != 0, axis=0) == 0
+    unused = _psum(jnp.sum(X != 0, axis=0), axis) == 0
     Dn = _normalize_rows(D)
     G = jnp.abs(Dn @ Dn.T)
     dup = jnp.any(jnp.tril(G > 0.99, k=-1), axis=1)
     return unused | dup
 
 
-def _ksvd_update(A, D, X):
+def _ksvd_update(A, D, X, axis=None):
     """Approximate K-SVD sweep (one power step per atom, sequential over atoms)."""
     k = D.shape[0]
     R = A - X @ D
-    worst, _ = _worst_rows(A, R, k)
-    unused = _replace_mask(D, X)
+    worst, _ = _worst_rows(A, R, k, axis)
+    unused = _replace_mask(D, X, axis)
     rank = jnp.clip(jnp.cumsum(unused) - 1, 0, k - 1)
 
     def atom(j, carry):
@@ -162,8 +194,8 @@ def _ksvd_update(A, D, X):
         R = jnp.where(unused[j], R + jnp.outer(X[:, j], dj), R)
         g = jnp.where(unused[j], 0.0, X[:, j])
         supp = (g != 0).astype(A.dtype)
-        gg = jnp.dot(g, g)
-        dnew = R.T @ g + dj * gg
+        gg = _psum(jnp.dot(g, g), axis)
+        dnew = _psum(R.T @ g, axis) + dj * gg
         nrm = jnp.linalg.norm(dnew)
         dnew = jnp.where(nrm > 0, dnew / jnp.maximum(nrm, 1e-30), dj)
         gnew = (R @ dnew + g * jnp.dot(dj, dnew)) * supp
@@ -175,25 +207,27 @@ def _ksvd_update(A, D, X):
     return D
 
 
-def _lstsq_update(A, D, X):
+def _lstsq_update(A, D, X, axis=None):
     k = D.shape[0]
-    XtX = X.T @ X
+    XtX = _psum(X.T @ X, axis)
     lam = 1e-6 * jnp.maximum(jnp.trace(XtX) / k, 1e-12)
-    Dn = jnp.linalg.solve(XtX + lam * jnp.eye(k, dtype=A.dtype), X.T @ A)
+    Dn = jnp.linalg.solve(XtX + lam * jnp.eye(k, dtype=A.dtype), _psum(X.T @ A, axis))
     R = A - X @ Dn
-    worst, _ = _worst_rows(A, R, k)
-    unused = _replace_mask(Dn, X)
+    worst, _ = _worst_rows(A, R, k, axis)
+    unused = _replace_mask(Dn, X, axis)
     rank = jnp.clip(jnp.cumsum(unused) - 1, 0, k - 1)
     Dn = jnp.where(unused[:, None], worst[rank], Dn)
     return _normalize_rows(Dn)
 
 
-@functools.partial(jax.jit, static_argnames=("k", "r", "n_iter", "update", "chunk"))
-def _dl_jit(key, A, D0, *, k, r, n_iter, update, chunk):
-    n, d = A.shape
+def _dl_local(key, A, D0, *, k, r, n_iter, update, chunk, axis, n_glob):
+    """Dictionary learning on the local rows ``A`` (all rows when ``axis`` is None); every
+    reduction over rows is a ``psum`` over ``axis``, so the result is the single-device one."""
+    nloc = A.shape[0]
+    off = _dev_index(axis) * nloc
     if D0 is None:
-        idx = jax.random.choice(key, n, (k,), replace=False)
-        D0 = A[idx]
+        idx = jax.random.choice(key, n_glob, (k,), replace=False)
+        D0 = A[idx] if axis is None else _gather_rows(A, idx.astype(jnp.int32), off, axis)
         nrm = jnp.linalg.norm(D0, axis=1, keepdims=True)
         fallback = jax.random.normal(jax.random.fold_in(key, 1), D0.shape, A.dtype)
         D0 = jnp.where(nrm > 1e-12, D0, fallback)
@@ -202,13 +236,36 @@ def _dl_jit(key, A, D0, *, k, r, n_iter, update, chunk):
 
     def it(D, _):
         X = _omp_jit(D, A, r, chunk)
-        D = upd(A, D, X)
-        return D, jnp.sum((X @ D - A) ** 2)
+        D = upd(A, D, X, axis)
+        return D, None
 
     D, _ = lax.scan(it, D, None, length=n_iter)
     X = _omp_jit(D, A, r, chunk)
-    cost = jnp.sum((X @ D - A) ** 2)
+    cost = _psum(jnp.sum((X @ D - A) ** 2), axis)
     return D, X, cost
+
+
+@functools.partial(jax.jit, static_argnames=("k", "r", "n_iter", "update", "chunk"))
+def _dl_jit(key, A, D0, *, k, r, n_iter, update, chunk):
+    return _dl_local(key, A, D0, k=k, r=r, n_iter=n_iter, update=update, chunk=chunk, axis=None,
+                     n_glob=A.shape[0])
+
+
+@functools.lru_cache(maxsize=32)
+def _dl_sharded_fn(mesh, axis, k, r, n_iter, update, chunk, n_glob, has_init):
+    def local(key, Al, D0):
+        return _dl_local(key, Al, D0, k=k, r=r, n_iter=n_iter, update=update, chunk=chunk, axis=axis,
+                         n_glob=n_glob)
+
+    row, rep = P(axis, None), P()
+    run = _row_map(local, mesh, axis, (rep, row, rep), (rep, row, rep))
+    return jax.jit(run)
+
+
+@functools.lru_cache(maxsize=32)
+def _omp_sharded_fn(mesh, axis, r, chunk):
+    return jax.jit(_row_map(lambda D, Al: _omp_jit(D, Al, r, chunk), mesh, axis, (P(), P(axis, None)),
+                            P(axis, None)))
 
 
 def dictionary_learning(
@@ -221,6 +278,8 @@ def dictionary_learning(
     update: str = "ksvd",
     init: jax.Array | None = None,
     chunk_size: int = 2048,
+    mesh: jax.sharding.Mesh | None = None,
+    axis: str = "data",
 ) -> DictionaryLearningResult:
     """r-sparse dictionary learning by alternating OMP codes and dictionary updates.
 
@@ -235,6 +294,11 @@ def dictionary_learning(
       update: ``"ksvd"`` (approximate K-SVD) or ``"lstsq"`` (least-squares MOD update).
       init: optional ``(k, d)`` initial dictionary.
       chunk_size: rows per OMP block.
+      mesh, axis: rows of ``A`` split over mesh axis ``axis`` (default: read from ``A``'s
+        sharding, Auto or Explicit mesh). OMP runs on each device's rows; the dictionary
+        update's sums over rows (``Xᵀ X``, ``Xᵀ A``, ``Rᵀ g``, usage counts, the worst-fit rows
+        used for re-seeding) are collectives, so the result is the single-device one up to
+        float summation order. Codes come back sharded like ``A``.
 
     Returns:
       :class:`DictionaryLearningResult` ``(dictionary (k, d), codes (n, k), cost)``; codes are
@@ -261,11 +325,17 @@ def dictionary_learning(
         raise ValueError(f"`r` ({r}) must be <= `k` ({k}).")
     n_iter = _check_int("n_iter", n_iter, low=0)
     check_choice("update", update, ("ksvd", "lstsq"))
-    chunk = min(_check_int("chunk_size", chunk_size), n)
+    chunk_size = _check_int("chunk_size", chunk_size)
     D0 = None
     if init is not None:
         D0 = _check_data("init", init).astype(A.dtype)
         if D0.shape != (k, d):
             raise ValueError(f"`init` must have shape ({k}, {d}), got {D0.shape}.")
-    D, X, cost = _dl_jit(key, A, D0, k=k, r=r, n_iter=n_iter, update=update, chunk=chunk)
+    mesh, axis = _data_mesh(A, mesh, axis)
+    if mesh is None:
+        D, X, cost = _dl_jit(key, A, D0, k=k, r=r, n_iter=n_iter, update=update, chunk=min(chunk_size, n))
+    else:
+        chunk = min(chunk_size, n // mesh.shape[axis])
+        fn = _dl_sharded_fn(mesh, axis, k, r, n_iter, update, chunk, n, D0 is not None)
+        D, X, cost = fn(key, A, D0)
     return DictionaryLearningResult(D, X, cost)

@@ -32,6 +32,7 @@ import numpy as np
 from jax import lax
 
 from jaxeff._core.validation import check_choice, check_index_range, check_key, check_ndim, is_traced
+from jaxeff._core.sharding import row_mesh_axis
 from jaxeff.sketch.sketches import _reshard
 
 __all__ = ["KMeansResult", "kmeans", "kmeans_assign", "kmeans_cost"]
@@ -127,6 +128,31 @@ def _gather_rows(Xl, gidx, offset, axis):
     own = (loc >= 0) & (loc < nloc)
     rows = Xl[jnp.clip(loc, 0, nloc - 1)] * own[:, None].astype(Xl.dtype)
     return _psum(rows, axis)
+
+
+def _data_mesh(A, mesh, axis):
+    """``(mesh, axis)`` the rows of ``A`` are split over: ``mesh=`` if given, else read from
+    ``A``'s sharding (its type under ``jit`` on Explicit axes); ``(None, None)`` if unsharded.
+    The rows must divide evenly over the axis."""
+    mesh, axis = row_mesh_axis(A, mesh, axis if mesh is not None else None)
+    if mesh is not None and A.shape[0] % mesh.shape[axis]:
+        raise ValueError(
+            f"rows of `A` ({A.shape[0]}) must be divisible by the {mesh.shape[axis]} devices of mesh axis {axis!r}."
+        )
+    return mesh, axis
+
+
+def _row_map(local, mesh, axis, in_specs, out_specs):
+    """``jax.shard_map(local)`` with every operand first placed with its spec (Explicit or Auto
+    mesh, concrete or abstract); ``None`` operands pass through."""
+    def run(*args):
+        placed = [a if a is None else jax.tree.map(lambda x, sp=sp: _reshard(x, mesh, sp), a)
+                  for a, sp in zip(args, in_specs)]
+        specs = tuple(None if a is None else jax.tree.map(lambda _, sp=sp: sp, a)
+                      for a, sp in zip(args, in_specs))
+        return jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=out_specs, check_vma=False)(*placed)
+
+    return run
 
 
 # ------------------------------------------------------------------------------------------
@@ -340,6 +366,8 @@ def kmeans(
       chunk_size: rows per distance block; memory beyond ``A`` is ``O(chunk_size · k · n_init)``.
       mesh, axis: when given, rows of ``A`` are split over mesh axis ``axis`` (``n`` must be
         divisible by its size); results equal the unsharded ones up to float summation order.
+        Default: read from ``A``'s sharding (an array placed with ``NamedSharding(mesh,
+        P(axis))``, on an Auto or Explicit mesh, also inside ``jit``).
 
     Returns:
       :class:`KMeansResult` ``(centers (k, d), labels (n,) int32, cost)``.
@@ -375,6 +403,7 @@ def kmeans(
         n_init = 1
     n_trials = _n_trials(k, n_local_trials)
     tol = jnp.asarray(tol, A.dtype)
+    mesh, axis = _data_mesh(A, mesh, axis)
     if mesh is None:
         chunk = min(chunk_size, n)
         C, labels, cost = _kmeans_jit(
@@ -382,12 +411,7 @@ def kmeans(
             n_trials=n_trials, n_init=n_init,
         )
     else:
-        if axis not in mesh.shape:
-            raise ValueError(f"`axis` {axis!r} is not a mesh axis; mesh axes are {tuple(mesh.shape)}.")
-        G = mesh.shape[axis]
-        if n % G:
-            raise ValueError(f"rows of `A` ({n}) must be divisible by the {G} devices of mesh axis {axis!r}.")
-        chunk = min(chunk_size, n // G)
+        chunk = min(chunk_size, n // mesh.shape[axis])
         fn = _kmeans_sharded_fn(mesh, axis, k, chunk, init_kind, n_trials, n_init)
         C, labels, cost = fn(key, A, init_C, tol, jnp.asarray(max_iter, jnp.int32))
     return KMeansResult(C, labels, cost)
@@ -400,10 +424,28 @@ def _assign_jit(A, C, chunk):
     return labels[: A.shape[0]], cost
 
 
-def kmeans_assign(A: jax.Array, centers: jax.Array, *, chunk_size: int = 4096) -> tuple[jax.Array, jax.Array]:
+def kmeans_assign(
+    A: jax.Array,
+    centers: jax.Array,
+    *,
+    chunk_size: int = 4096,
+    mesh: jax.sharding.Mesh | None = None,
+    axis: str = "data",
+) -> tuple[jax.Array, jax.Array]:
     """Nearest-center labels of every row and the resulting cost, ``chunk_size`` rows at a time.
 
     .. math::  \\ell_i = \\arg\\min_j \\|A_i - C_j\\|^2, \\quad \\mathrm{cost} = \\sum_i \\min_j \\|A_i - C_j\\|^2
+
+    Args:
+      A: ``(n, d)`` rows to assign.
+      centers: ``(k, d)`` centers.
+      chunk_size: rows per distance block.
+      mesh, axis: rows of ``A`` split over mesh axis ``axis`` (default: read from ``A``'s
+        sharding); each device assigns its rows, the cost is a ``psum``. Labels come back
+        sharded like ``A``.
+
+    Returns:
+      ``(labels (n,) int32, cost)``.
 
     Example:
       >>> labels, cost = kmeans_assign(jnp.eye(3), jnp.eye(3))
@@ -415,8 +457,20 @@ def kmeans_assign(A: jax.Array, centers: jax.Array, *, chunk_size: int = 4096) -
     check_ndim("centers", centers, 2)
     if centers.shape[1] != A.shape[1]:
         raise ValueError(f"`centers` must have {A.shape[1]} columns like `A`, got shape {centers.shape}.")
-    chunk = min(_check_int("chunk_size", chunk_size), A.shape[0])
-    return _assign_jit(A, centers, chunk)
+    chunk_size = _check_int("chunk_size", chunk_size)
+    mesh, axis = _data_mesh(A, mesh, axis)
+    if mesh is None:
+        return _assign_jit(A, centers, min(chunk_size, A.shape[0]))
+    return _assign_sharded_fn(mesh, axis, min(chunk_size, A.shape[0] // mesh.shape[axis]))(A, centers)
+
+
+@functools.lru_cache(maxsize=32)
+def _assign_sharded_fn(mesh, axis, chunk):
+    def local(Al, C):
+        labels, cost = _assign_jit(Al, C, chunk)
+        return labels, lax.psum(cost, axis)
+
+    return jax.jit(_row_map(local, mesh, axis, (jax.P(axis, None), jax.P()), (jax.P(axis), jax.P())))
 
 
 @jax.jit

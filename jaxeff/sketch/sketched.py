@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxeff._core.validation import check_choice, check_key, is_traced
-from jaxeff.sketch.dictionary import DictionaryLearningResult, dictionary_learning, omp
+from jaxeff.sketch.dictionary import DictionaryLearningResult, _dl_local, _omp_jit, dictionary_learning, omp
 from jaxeff.sketch.kmeans import (
     KMeansResult,
     _assign_jit,
@@ -40,11 +40,17 @@ from jaxeff.sketch.kmeans import (
     _check_int,
     _check_solver_args,
     _cost_jit,
+    _data_mesh,
     _kmeans_jit,
     _n_trials,
+    _psum,
+    _row_map,
+    _solve_local,
     kmeans,
 )
 from jaxeff.sketch.sketches import SKETCH_KINDS, SketchState, make_sketch, sketch_apply
+
+P = jax.P
 
 __all__ = [
     "sketched_kmeans",
@@ -165,15 +171,15 @@ def _kmeans_projected(key, A, Q, tol, max_iter, *, k, chunk, init, n_trials, n_i
     return C, labels, cost
 
 
-def _refine_means(A, C, labels, cost):
+def _refine_means(A, C, labels, cost, axis=None):
     """Centers ← means of the rows of ``A`` under ``labels`` (clusters without rows keep ``C``).
 
     For fixed labels, ``Σ_{i∈j} ‖A_i − c‖² = Σ_{i∈j} ‖A_i − μ_j‖² + n_j ‖μ_j − c‖²``, so the
     cost with the means is ``cost − Σ_j n_j ‖μ_j − C_j‖²`` (never larger), in one pass over A.
     """
     k = C.shape[0]
-    sums = jax.ops.segment_sum(A, labels, k)
-    counts = jax.ops.segment_sum(jnp.ones_like(labels, A.dtype), labels, k)
+    sums = _psum(jax.ops.segment_sum(A, labels, k), axis)
+    counts = _psum(jax.ops.segment_sum(jnp.ones_like(labels, A.dtype), labels, k), axis)
     mu = jnp.where(counts[:, None] > 0, sums / jnp.maximum(counts, 1.0)[:, None], C)
     gain = jnp.sum(counts * jnp.sum((mu - C) ** 2, axis=1))
     return mu, jnp.maximum(cost - gain, 0.0)
@@ -182,6 +188,77 @@ def _refine_means(A, C, labels, cost):
 @jax.jit
 def _refine_jit(A, C, labels):
     return _refine_means(A, C, labels, _cost_jit(A, C, labels))
+
+
+def _local_sketch(S, Al, axis):
+    """``S A`` from the local rows (global offset ``axis_index · n_local``), summed over ``axis``."""
+    b = Al.shape[0]
+    if axis is None:
+        return S._left_block(Al, 0, True)
+    off = jax.lax.axis_index(axis) * b
+    return jax.lax.psum(S._left_block(Al, off, b & (b - 1) == 0), axis)
+
+
+def _local_basis(S, Al, power_iters, axis):
+    """``Q = orth((S A)ᵀ)`` refined by ``power_iters`` steps ``Q ← orth(Aᵀ A Q)``, and ``S A``."""
+    SA = _local_sketch(S, Al, axis)
+    Q = _basis_jit(SA)
+    for _ in range(power_iters):
+        Q = _basis_jit(_psum(Al.T @ (Al @ Q), axis).T)
+    return Q, SA
+
+
+def _right(T, M):
+    """``M Tᵀ`` for a right sketch ``T`` (rows of ``M`` independent: no communication)."""
+    return T._left_block(M.T, 0, True).T
+
+
+@functools.lru_cache(maxsize=32)
+def _sketched_kmeans_sharded_fn(mesh, axis, n, k, chunk, init, n_trials, n_init, refine, power_iters):
+    """The whole of :func:`sketched_kmeans` inside one ``shard_map`` over the rows of ``A``:
+    the same steps as the single-device path, every sum over rows a ``psum``."""
+
+    def local(S, T, key, Al, tol, max_iter):
+        Q, SA = _local_basis(S, Al, power_iters, axis)
+        B = Al @ Q
+        keys = jax.random.split(jax.random.fold_in(key, 13), n_init)
+        CB, labels, cost_B = _solve_local(
+            keys, B, jnp.zeros((k, B.shape[1]), B.dtype), k=k, chunk=chunk, max_iter=max_iter, tol=tol,
+            init=init, n_trials=n_trials, axis=axis, n_glob=n,
+        )
+        C = CB @ Q.T
+        resid = _psum(jnp.sum(jnp.maximum(jnp.sum(Al * Al, axis=1) - jnp.sum(B * B, axis=1), 0.0)), axis)
+        cost = cost_B + resid
+        if T is not None:
+            labels, _ = _assign_jit(_right(T, Al), _right(T, C), chunk)
+            if not refine:
+                cost = _psum(jnp.sum((Al - C[labels]) ** 2), axis)
+        if refine:
+            if T is not None:
+                cost = _psum(jnp.sum((Al - C[labels]) ** 2), axis)
+            C, cost = _refine_means(Al, C, labels, cost, axis)
+        return SA, C, labels, cost
+
+    row, rep = P(axis, None), P()
+    return jax.jit(_row_map(local, mesh, axis, (rep, rep, rep, row, rep, rep), (rep, rep, P(axis), rep)))
+
+
+@functools.lru_cache(maxsize=32)
+def _sketched_dl_sharded_fn(mesh, axis, n, k, r, n_iter, update, chunk, power_iters):
+    """:func:`sketched_dictionary_learning` inside one ``shard_map`` over the rows of ``A``."""
+
+    def local(S, T, key, Al):
+        Q, SA = _local_basis(S, Al, power_iters, axis)
+        B = Al @ Q
+        DB, _, _ = _dl_local(jax.random.fold_in(key, 13), B, None, k=k, r=r, n_iter=n_iter, update=update,
+                             chunk=chunk, axis=axis, n_glob=n)
+        D = DB @ Q.T
+        X = _omp_jit(D, Al, r, chunk) if T is None else _omp_jit(_right(T, D), _right(T, Al), r, chunk)
+        cost = _psum(jnp.sum((X @ D - Al) ** 2), axis)
+        return SA, D, X, cost
+
+    row, rep = P(axis, None), P()
+    return jax.jit(_row_map(local, mesh, axis, (rep, rep, rep, row), (rep, rep, row, rep)))
 
 
 def sketched_kmeans(
@@ -201,6 +278,8 @@ def sketched_kmeans(
     chunk_size: int = 4096,
     power_iters: int = 0,
     refine: bool = False,
+    mesh: jax.sharding.Mesh | None = None,
+    axis: str = "data",
 ) -> KMeansResult:
     """Sketch-and-solve k-means: k-means on ``A Q`` with ``Q`` a basis of ``rowspan(S A)``.
 
@@ -240,6 +319,11 @@ def sketched_kmeans(
         ``(S X)⁺ S A`` — so the cost ``Σ_i ‖A_i − C_{ℓ_i}‖²`` can only decrease. The labels are
         then not re-assigned to the new centers (a :func:`kmeans_assign` pass would lower the
         cost further, i.e. a full-space Lloyd step). False (default) is the paper's algorithm.
+      mesh, axis: rows of ``A`` split over mesh axis ``axis`` (default: read from ``A``'s
+        sharding, Auto or Explicit mesh, also inside ``jit``). Every step runs in one
+        ``shard_map``: each device sketches its rows (``S A`` is a ``psum``), projects them,
+        and k-means on ``A Q`` is the sharded :func:`kmeans`; the result equals the
+        single-device one up to float summation order, labels sharded like ``A``.
 
     Returns:
       :class:`KMeansResult` with centers in the original space (``k × d``), the label of every
@@ -269,6 +353,16 @@ def sketched_kmeans(
         raise ValueError(f"`refine` must be a bool, got {refine!r}.")
     n_init, max_iter, chunk_size = _check_solver_args(n_init, max_iter, chunk_size, tol)
     n_trials = _n_trials(k, n_local_trials)
+    mesh, axis = _data_mesh(A, mesh, axis)
+    if mesh is not None:
+        nloc = n // mesh.shape[axis]
+        S = make_sketch(kind, jax.random.fold_in(key, 11), m, n)
+        T = None if t is None else _right_sketch_op(key, t, d, assign_kind)
+        fn = _sketched_kmeans_sharded_fn(mesh, axis, n, k, min(chunk_size, nloc), init, n_trials, n_init,
+                                         bool(refine), power_iters)
+        SA, C, labels, cost = fn(S, T, key, A, jnp.asarray(tol, A.dtype), jnp.asarray(max_iter, jnp.int32))
+        _check_finite_via(A, SA)
+        return KMeansResult(C, labels, cost)
     SA = _left_sketch(key, A, m, kind)
     _check_finite_via(A, SA)
     Q = _basis_jit(SA)
@@ -303,6 +397,8 @@ def sketched_dictionary_learning(
     update: str = "ksvd",
     chunk_size: int = 2048,
     power_iters: int = 0,
+    mesh: jax.sharding.Mesh | None = None,
+    axis: str = "data",
 ) -> DictionaryLearningResult:
     """Sketch-and-solve r-sparse dictionary learning.
 
@@ -320,6 +416,10 @@ def sketched_dictionary_learning(
       kind, assign_kind: sketch kinds (see :func:`sketched_kmeans`).
       n_iter, update, chunk_size: passed to :func:`dictionary_learning` on ``A Q``.
       power_iters: optional subspace iterations ``Q ← orth(Aᵀ A Q)`` (0: the paper's algorithm).
+      mesh, axis: rows of ``A`` split over mesh axis ``axis`` (default: read from ``A``'s
+        sharding); one ``shard_map`` does every step with ``psum``s over the rows (sharded
+        :func:`dictionary_learning` on ``A Q``), equal to one device up to float summation
+        order; codes sharded like ``A``.
 
     Returns:
       :class:`DictionaryLearningResult` with the lifted unit-norm dictionary (``k × d``), the
@@ -347,6 +447,16 @@ def sketched_dictionary_learning(
     check_choice("kind", kind, SKETCH_KINDS)
     check_choice("assign_kind", assign_kind, SKETCH_KINDS)
     power_iters = _check_int("power_iters", power_iters, low=0)
+    mesh, axis = _data_mesh(A, mesh, axis)
+    if mesh is not None:
+        check_choice("update", update, ("ksvd", "lstsq"))
+        n_iter = _check_int("n_iter", n_iter, low=0)
+        chunk = min(_check_int("chunk_size", chunk_size), n // mesh.shape[axis])
+        S = make_sketch(kind, jax.random.fold_in(key, 11), m, n)
+        T = None if t is None else _right_sketch_op(key, t, d, assign_kind)
+        fn = _sketched_dl_sharded_fn(mesh, axis, n, k, r, n_iter, update, chunk, power_iters)
+        _, D, X, cost = fn(S, T, key, A)
+        return DictionaryLearningResult(D, X, cost)
     Q, B = _sketch_subspace(key, A, m, kind, power_iters)
     res = dictionary_learning(jax.random.fold_in(key, 13), B, k, r, n_iter=n_iter, update=update,
                               chunk_size=chunk_size)

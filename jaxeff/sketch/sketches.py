@@ -48,6 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jaxeff._core.sharding import place, row_mesh_axis
 from jaxeff._core.validation import check_choice, check_key, check_ndim, is_traced
 
 __all__ = [
@@ -443,7 +444,32 @@ def sketch_apply(sketch: _Sketch, A: jax.Array, side: str = "left", *, offset: i
                 f"expected offset >= 0 and offset + {b} <= {sketch.n}."
             )
     aligned = (not is_traced(offset)) and offset % (1 << max(0, (b - 1).bit_length())) == 0
+    mesh, axis = row_mesh_axis(A)
+    if mesh is not None and A.shape[0] % mesh.shape[axis] == 0:
+        # rows of A split over a mesh axis (Auto or Explicit, concrete or traced)
+        if side == "left" and not is_traced(offset) and offset == 0 and b == sketch.n:
+            return _sharded_apply_fn(mesh, axis)(sketch, A)
+        if side == "right":  # rows are sketched independently: each device does its own
+            return _right_sharded_fn(mesh, axis, aligned)(sketch, A, jnp.asarray(offset, jnp.int32))
     return _apply_jit(sketch, A, jnp.asarray(offset, jnp.int32), side, aligned)
+
+
+@functools.lru_cache(maxsize=32)
+def _right_sharded_fn(mesh, axis, aligned):
+    P = jax.P
+
+    def local(sk, Al, off):
+        return sk._left_block(Al.T, off, aligned).T
+
+    def run(sk, A, off):
+        sk_spec = jax.tree.map(lambda _: P(), sk)
+        A = _reshard(A, mesh, P(axis, None))
+        sk = jax.tree.map(lambda x: _reshard(x, mesh, P()), sk)
+        off = _reshard(off, mesh, P())
+        return jax.shard_map(local, mesh=mesh, in_specs=(sk_spec, P(axis, None), P()), out_specs=P(axis, None),
+                             check_vma=False)(sk, A, off)
+
+    return jax.jit(run)
 
 
 def sharded_sketch_apply(sketch: _Sketch, A: jax.Array, mesh: jax.sharding.Mesh, axis: str = "data") -> jax.Array:
@@ -451,7 +477,8 @@ def sharded_sketch_apply(sketch: _Sketch, A: jax.Array, mesh: jax.sharding.Mesh,
 
     Each device sketches its own rows (global offset ``axis_index · n_local``) and the
     partial sketches are combined with one ``psum``; the result is replicated and equals the
-    unsharded ``S @ A`` up to float summation order.
+    unsharded ``S @ A`` up to float summation order. Works on Auto and Explicit meshes;
+    :func:`sketch_apply` takes this path by itself for an ``A`` whose rows are sharded.
 
     Example:
       >>> mesh = jax.make_mesh((1,), ("data",))
@@ -473,11 +500,7 @@ def sharded_sketch_apply(sketch: _Sketch, A: jax.Array, mesh: jax.sharding.Mesh,
 
 def _reshard(x, mesh, spec):
     """Place ``x`` with ``spec`` inside jit on either an Explicit or an Auto mesh."""
-    sharding = jax.NamedSharding(mesh, spec)
-    explicit = all(t == jax.sharding.AxisType.Explicit for t in getattr(mesh, "axis_types", ()))
-    if explicit:
-        return jax.sharding.reshard(x, sharding)
-    return jax.lax.with_sharding_constraint(x, sharding)
+    return place(x, mesh, spec)
 
 
 @functools.lru_cache(maxsize=32)
