@@ -96,3 +96,18 @@ def test_take_coreset_index_range():
     f = jax.jit(lambda i: take_coreset(X, y, i, jnp.array([1.0, 2.0])).X)
     with pytest.raises(Exception, match="indices"):
         jax.block_until_ready(f(jnp.array([1, 9])))
+
+
+@pytest.mark.parametrize("dt", [jnp.bfloat16, jnp.float16])
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("sketch_size", ["auto", None])
+def test_low_precision_X_computed_in_float32(dt, name, sketch_size):
+    X, y = _data()
+    Xl = X.astype(dt)
+    kw = {} if name == "uniform" else {"sketch_size": sketch_size}
+    p_low = coreset_probabilities(jax.random.key(0), Xl, y, name, **kw)
+    p_ref = coreset_probabilities(jax.random.key(0), Xl.astype(jnp.float32), y, name, **kw)
+    assert p_low.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(p_low), np.asarray(p_ref), rtol=1e-6)
+    idx, w = dict(zip(NAMES, SAMPLERS))[name](jax.random.key(1), Xl, y, 8, **kw)
+    assert w.dtype == jnp.float32 and np.all(np.isfinite(np.asarray(w)))
