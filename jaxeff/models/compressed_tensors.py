@@ -234,3 +234,156 @@ def export_entries(model: nnx.Module, float_dtype: Any, make_entry, float_entrie
         "global_compression_ratio": None,
     }
     return sorted(entries, key=lambda e: e.name), qcfg
+
+
+# ------------------------------------------------------------------------------------ loading
+def unpack_int32(packed: np.ndarray, bits: int, n: int, packed_dim: int = 1) -> np.ndarray:
+    """Inverse of :func:`pack_int32`: int32 words -> signed int8 codes (``n`` per row/column)."""
+    if not 1 <= bits <= 8:
+        raise ValueError(f"`bits` must be in [1, 8], got {bits}.")
+    w = np.asarray(packed)
+    if w.ndim != 2 or w.dtype != np.int32:
+        raise ValueError(f"`packed` must be a 2-D int32 array, got {w.dtype}{w.shape}.")
+    if packed_dim == 0:
+        w = w.T
+    rows, nw = w.shape
+    if nw * 32 < n * bits:
+        raise ValueError(f"`packed` has {nw} words per row, fewer than {n} codes of {bits} bits need.")
+    pad = (-nw) % bits
+    u = np.pad(w.view(np.uint32).astype(np.uint64), ((0, 0), (0, pad))).reshape(rows, -1, bits)
+    out = np.empty((rows, u.shape[1], 32), np.int64)
+    mask = np.uint64((1 << bits) - 1)
+    for i in range(32):
+        word, off = divmod(i * bits, 32)
+        v = u[:, :, word] >> np.uint64(off)
+        if off + bits > 32:
+            v = v | (u[:, :, word + 1] << np.uint64(32 - off))
+        out[:, :, i] = (v & mask).astype(np.int64)
+    codes = (out.reshape(rows, -1)[:, :n] - (1 << (bits - 1))).astype(np.int8)
+    return np.ascontiguousarray(codes.T) if packed_dim == 0 else codes
+
+
+def _match(name: str, target: str) -> bool:
+    import re
+
+    if target.startswith("re:"):
+        return re.match(target[3:], name) is not None
+    return name == target or target == "Linear"
+
+
+def linear_schemes(qcfg: dict, linear_names: list[str], where: str) -> dict[str, dict]:
+    """``{module name: config group}`` for the linear layers a compressed-tensors config quantizes.
+
+    Targets are exact module names, ``"re:<regex>"`` or the class name ``"Linear"``; ``ignore``
+    entries are matched the same way. Raises ValueError (naming ``where`` and the key) for what this
+    reader does not support.
+    """
+    if qcfg.get("quant_method") != "compressed-tensors":
+        raise ValueError(f"{where}: 'quantization_config.quant_method' {qcfg.get('quant_method')!r} is not supported "
+                         "(only 'compressed-tensors').")
+    status = qcfg.get("quantization_status", "compressed")
+    if status != "compressed":
+        raise ValueError(f"{where}: 'quantization_config.quantization_status' {status!r} is not supported "
+                         "(only 'compressed').")
+    if qcfg.get("sparsity_config") or qcfg.get("kv_cache_scheme") or qcfg.get("transform_config"):
+        raise ValueError(f"{where}: 'quantization_config' sparsity/kv-cache/transform schemes are not supported.")
+    top_fmt = qcfg.get("format")
+    ignore = list(qcfg.get("ignore") or [])
+    out: dict[str, dict] = {}
+    for gname, g in (qcfg.get("config_groups") or {}).items():
+        if isinstance(g, list):
+            raise ValueError(f"{where}: 'quantization_config.config_groups.{gname}' is a sparsity group (unsupported).")
+        fmt = g.get("format") or top_fmt
+        if fmt not in ("int-quantized", "pack-quantized", "float-quantized", "naive-quantized"):
+            raise ValueError(f"{where}: 'quantization_config.config_groups.{gname}.format' {fmt!r} is not supported "
+                             "(int-quantized, pack-quantized, float-quantized).")
+        w = g.get("weights") or {}
+        if g.get("output_activations"):
+            raise ValueError(f"{where}: 'quantization_config.config_groups.{gname}.output_activations' is not supported.")
+        strategy = w.get("strategy")
+        if strategy not in ("channel", "group", "tensor"):
+            raise ValueError(f"{where}: 'quantization_config.config_groups.{gname}.weights.strategy' {strategy!r} "
+                             "is not supported (channel, group, tensor).")
+        if w.get("type") == "float" and w.get("num_bits") != 8:
+            raise ValueError(f"{where}: 'quantization_config.config_groups.{gname}.weights': float weights of "
+                             f"{w.get('num_bits')} bits are not supported (fp8 e4m3 only).")
+        if w.get("actorder") not in (None, "static", "group", "weight") or w.get("block_structure"):
+            raise ValueError(f"{where}: 'quantization_config.config_groups.{gname}.weights' uses an unsupported "
+                             "layout (block structure).")
+        act = g.get("input_activations")
+        if act and not (act.get("dynamic") in (True, "local") and act.get("strategy") == "token"
+                        and act.get("num_bits") == 8 and act.get("symmetric", True)):
+            raise ValueError(f"{where}: 'quantization_config.config_groups.{gname}.input_activations' must be "
+                             "8-bit symmetric dynamic per-token (W8A8) to be loaded.")
+        for name in linear_names:
+            if any(_match(name, t) for t in ignore):
+                continue
+            if any(_match(name, t) for t in g.get("targets", [])) and name not in out:
+                out[name] = {**g, "format": fmt, "_group": gname}
+    return out
+
+
+def quantized_linear_from_tensors(name: str, scheme: dict, t: dict[str, np.ndarray], shape_in_out: tuple,
+                                  bias: Any, dtype: Any, where: str):
+    """Build a ``jaxeff.quant.QuantizedLinear`` from one module's compressed-tensors tensors."""
+    import jax.numpy as jnp
+
+    from jaxeff.quant import QArray, QuantizedLinear, get_qformat, pack_int
+
+    K, N = shape_in_out
+    w = scheme["weights"]
+    b = int(w["num_bits"])
+    half = 1 << (b - 1)
+    sym = bool(w.get("symmetric", True))
+
+    def need(k):
+        if k not in t:
+            raise ValueError(f"{where}: tensor '{name}.{k}' is missing (config group {scheme['_group']!r}).")
+        return t[k]
+
+    if scheme["format"] == "pack-quantized":
+        ws = need("weight_shape")
+        if tuple(int(v) for v in np.asarray(ws).reshape(-1)) != (N, K):
+            raise ValueError(f"{where}: tensor '{name}.weight_shape' is {list(np.asarray(ws))}, expected {[N, K]}.")
+        codes = unpack_int32(need("weight_packed"), b, K, 1)
+    else:
+        codes = need("weight")
+        if codes.shape != (N, K):
+            raise ValueError(f"{where}: tensor '{name}.weight' has shape {codes.shape}, expected {(N, K)}.")
+    scale = np.asarray(need("weight_scale"))
+    strategy = w["strategy"]
+    if strategy == "tensor":
+        scale = np.broadcast_to(scale.reshape(1, 1), (N, 1))
+    groups = 1 if strategy != "group" else K // int(w["group_size"])
+    if strategy == "group" and K % int(w["group_size"]):
+        raise ValueError(f"{where}: '{name}': in_features {K} is not a multiple of group_size {w['group_size']}.")
+    if scale.shape != (N, groups):
+        raise ValueError(f"{where}: tensor '{name}.weight_scale' has shape {scale.shape}, expected {(N, groups)}.")
+    if w.get("type") == "float":
+        fmt = get_qformat("e4m3")
+        qvalue = jnp.asarray(np.ascontiguousarray(codes.T).astype(ml_dtypes.float8_e4m3fn))
+        zp = None
+    else:
+        c = codes.astype(np.int16)
+        if sym:
+            fmt = get_qformat(f"int{b}")
+            zp = None
+        else:
+            fmt = get_qformat(f"uint{b}")
+            z = np.asarray(need("weight_zero_point"))
+            if scheme["format"] == "pack-quantized":
+                z = unpack_int32(z, b, N, 0)
+            if z.shape != (N, groups):
+                raise ValueError(f"{where}: tensor '{name}.weight_zero_point' has shape {z.shape}, "
+                                 f"expected {(N, groups)}.")
+            c = c + half
+            zp = jnp.asarray((z.astype(np.int16) + half).T.astype(np.uint8))
+        c = np.ascontiguousarray(c.T).astype(np.int8 if fmt.signed else np.uint8)
+        qvalue = pack_int(jnp.asarray(c), fmt) if fmt.packed else jnp.asarray(c)
+    sdt = scale.dtype if np.dtype(scale.dtype).name in ("float32", "bfloat16", "float16") else np.float32
+    qa = QArray(qvalue=qvalue, scale=jnp.asarray(np.ascontiguousarray(scale.T).astype(sdt)), zero_point=zp, fmt=fmt,
+                shape=(K, N), axis=(0,), group_size=None if strategy != "group" else int(w["group_size"]),
+                dtype=jnp.dtype(dtype).name)
+    act = scheme.get("input_activations")
+    act_fmt = None if not act else ("int8" if act.get("type") == "int" else "e4m3")
+    return QuantizedLinear(qa, bias, act_fmt=act_fmt)

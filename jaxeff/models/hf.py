@@ -41,6 +41,7 @@ TOKENIZER_FILES = (
 # Buffers some checkpoints carry that are recomputed from the config.
 _IGNORED_TENSORS = re.compile(r"^(model\.)?(layers\.\d+\.self_attn\.)?rotary_emb\.(inv_freq|original_inv_freq)$")
 
+_CT_TENSORS = ("weight", "weight_packed", "weight_scale", "weight_zero_point", "weight_shape")
 _ST_DTYPES = {
     "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
     "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
@@ -181,6 +182,12 @@ def from_pretrained(path: str | os.PathLike, *, dtype: Any = None, param_dtype: 
       a :class:`LlamaForCausalLM`; ``model.hf_source`` remembers ``path`` so
       :func:`save_pretrained` can copy the tokenizer files.
 
+    A **compressed-tensors** checkpoint (``quantization_config.quant_method ==
+    "compressed-tensors"``: int-quantized, pack-quantized, float-quantized; channel, group or
+    tensor scales; symmetric or asymmetric; weight-only or dynamic per-token W8A8), e.g. one
+    written by :func:`save_pretrained` or by llm-compressor, loads with its quantized layers as
+    ``jaxeff.quant.QuantizedLinear`` holding the stored codes (no re-quantization).
+
     Raises:
       ValueError naming the file and tensor/key: missing ``config.json``, unknown architecture or
       unsupported feature, missing tensor, wrong shape, unexpected tensor.
@@ -191,8 +198,12 @@ def from_pretrained(path: str | os.PathLike, *, dtype: Any = None, param_dtype: 
     cfg_path = d / "config.json"
     if not cfg_path.exists():
         raise ValueError(f"{cfg_path}: missing (a Hugging Face checkpoint directory needs config.json).")
+    raw = json.loads(cfg_path.read_text())
+    qcfg = raw.get("quantization_config")
     try:
-        cfg = LlamaConfig.from_hf(json.loads(cfg_path.read_text()), strict=strict)
+        cfg = LlamaConfig.from_hf({k: v for k, v in raw.items() if k != "quantization_config"} if
+                                  isinstance(qcfg, dict) and qcfg.get("quant_method") == "compressed-tensors" else raw,
+                                  strict=strict)
     except ValueError as e:
         raise ValueError(f"{cfg_path}: {e}") from None
     cdt = jnp.dtype(dtype) if dtype is not None else jnp.dtype(jnp.float32)
@@ -204,6 +215,19 @@ def from_pretrained(path: str | os.PathLike, *, dtype: Any = None, param_dtype: 
 
     model = nnx.eval_shape(lambda: LlamaForCausalLM(cfg, dtype=cdt, param_dtype=pdt, rngs=nnx.Rngs(0)))
     table = _param_table(model)
+    qschemes: dict[str, dict] = {}
+    qtensors: dict[str, dict[str, np.ndarray]] = {}
+    if qcfg is not None:
+        from jaxeff.models import compressed_tensors as ct
+
+        if mesh is not None:
+            raise ValueError("`mesh` is not supported for compressed-tensors checkpoints (quantized layers are "
+                             "placed on one device); shard_model the float model instead.")
+        linears = {".".join(map(str, p)): node for p, node in nnx.iter_graph(model) if isinstance(node, nnx.Linear)}
+        qschemes = ct.linear_schemes(qcfg, sorted(linears), str(cfg_path))
+        for name in qschemes:
+            table.pop(f"{name}.weight")
+            qtensors[name] = {}
     specs = None
     if mesh is not None:
         n = mesh.shape[model_axis] if model_axis in mesh.shape else 1
@@ -227,6 +251,10 @@ def from_pretrained(path: str | os.PathLike, *, dtype: Any = None, param_dtype: 
                     continue
                 if name == "lm_head.weight" and cfg.tie_word_embeddings:
                     continue
+                mod, _, leaf = name.rpartition(".")
+                if mod in qtensors and leaf in _CT_TENSORS:
+                    qtensors[mod][leaf] = f.get_tensor(name)
+                    continue
                 if name not in table:
                     raise ValueError(f"{fpath}: unexpected tensor {name!r} (not a parameter of a {cfg.model_type} "
                                      f"model with this config).")
@@ -244,6 +272,17 @@ def from_pretrained(path: str | os.PathLike, *, dtype: Any = None, param_dtype: 
     missing = sorted(set(table) - loaded)
     if missing:
         raise ValueError(f"{where}: tensor {missing[0]!r} is missing ({len(missing)} missing in all).")
+    for name, scheme in qschemes.items():
+        parts = [int(p) if p.isdigit() else p for p in name.split(".")]
+        parent = _module_at(model, tuple(parts[:-1]))
+        lin = _module_at(model, tuple(parts))
+        bias = None if lin.bias is None else lin.bias[...]
+        ql = ct.quantized_linear_from_tensors(name, scheme, qtensors[name], tuple(lin.kernel.shape), bias, cdt,
+                                              str(where))
+        if isinstance(parts[-1], int):
+            parent[parts[-1]] = ql
+        else:
+            setattr(parent, parts[-1], ql)
     model.hf_source = str(d.resolve())
     return model
 

@@ -223,8 +223,8 @@ class LlamaConfig:
             raise ValueError(f"config key 'architectures': {arch} is not supported for model_type {mt!r} "
                              f"(expected [{_ARCHITECTURES[mt]!r}]).")
         if d.get("quantization_config") is not None:
-            raise ValueError("config key 'quantization_config': loading quantized checkpoints is not supported; "
-                             "load the float checkpoint and quantize with jaxeff.quant.")
+            raise ValueError("config key 'quantization_config': quantized checkpoints load through "
+                             "jaxeff.models.from_pretrained (compressed-tensors only), not LlamaConfig.from_hf.")
         if strict:
             for k, v in d.items():
                 if k in _HANDLED_KEYS or k in _IGNORED_KEYS or k == "quantization_config":

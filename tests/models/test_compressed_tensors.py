@@ -186,3 +186,78 @@ def test_quantized_layers_are_jaxeff_quantized_linear(base):
     paths, _ = base
     model = _quantized(paths["llama"], SCHEMES["fp8"][0])
     assert isinstance(model.model.layers[0].self_attn.o_proj, QuantizedLinear)
+
+
+# ------------------------------------------------------------------------------------ loading back
+@pytest.mark.parametrize("scheme", ["w8a16", "w4a16-asym", "w3a16-channel", "fp8", "mixed"])
+def test_export_reloads_into_jaxeff_bit_exactly(scheme, base, tmp_path):
+    paths, ids = base
+    model = _quantized(paths["llama"], SCHEMES[scheme][0])
+    out = save_pretrained(model, tmp_path / scheme)
+    back = from_pretrained(out)
+    for i, blk, n in ((0, "self_attn", "k_proj"), (1, "mlp", "up_proj")):
+        a = getattr(getattr(model.model.layers[i], blk), n).qweight
+        b = getattr(getattr(back.model.layers[i], blk), n)
+        assert isinstance(b, QuantizedLinear)
+        b = b.qweight
+        assert (a.fmt, a.shape, a.group_size) == (b.fmt, b.shape, b.group_size)
+        np.testing.assert_array_equal(np.asarray(a.qvalue).view(np.uint8), np.asarray(b.qvalue).view(np.uint8))
+        np.testing.assert_array_equal(np.asarray(a.scale), np.asarray(b.scale))
+    np.testing.assert_array_equal(np.asarray(back(jnp.asarray(ids))), np.asarray(model(jnp.asarray(ids))))
+
+
+@pytest.mark.parametrize("scheme", ["w8a8", "w4a16-asym"])
+def test_checkpoint_written_by_compressed_tensors_loads(scheme, base, tmp_path):
+    """transformers re-saves the loaded export with compressed-tensors' own compressor (its packing,
+    its zero-point layout); jaxeff reads that back to the same model."""
+    paths, ids = base
+    rules = [QuantRule(weight_fmt="int8", act_fmt="int8", targets=L)] if scheme == "w8a8" else SCHEMES[scheme][0]
+    model = _quantized(paths["llama"], rules)
+    out = save_pretrained(model, tmp_path / "ours")
+    _hf(out).save_pretrained(tmp_path / "theirs")
+    qcfg = json.loads((tmp_path / "theirs" / "config.json").read_text())["quantization_config"]
+    assert qcfg["quantization_status"] == "compressed"
+    back = from_pretrained(tmp_path / "theirs")
+    assert back.model.layers[0].mlp.down_proj.act_fmt == ("int8" if scheme == "w8a8" else None)
+    np.testing.assert_array_equal(np.asarray(back(jnp.asarray(ids))), np.asarray(model(jnp.asarray(ids))))
+
+
+def test_unpack_int32_inverts_compressed_tensors_packing():
+    from jaxeff.models.compressed_tensors import unpack_int32
+
+    rng = np.random.default_rng(0)
+    for bits in (2, 3, 4, 6, 8):
+        codes = rng.integers(-(1 << (bits - 1)), 1 << (bits - 1), (9, 70)).astype(np.int8)
+        for dim in (0, 1):
+            packed = ct_pack.pack_to_int32(torch.as_tensor(codes), bits, packed_dim=dim).numpy()
+            n = codes.shape[1] if dim == 1 else codes.shape[0]  # codes per packed row/column
+            np.testing.assert_array_equal(unpack_int32(packed, bits, n, dim), codes)
+
+
+def test_loading_unsupported_or_broken_quantized_checkpoint(base, tmp_path):
+    paths, _ = base
+    out = save_pretrained(_quantized(paths["llama"], SCHEMES["w4a16"][0]), tmp_path / "q")
+    cfg = json.loads((out / "config.json").read_text())
+    bad = json.loads(json.dumps(cfg))
+    bad["quantization_config"]["format"] = "nvfp4-pack-quantized"
+    bad["quantization_config"]["config_groups"]["group_0"]["format"] = None
+    (out / "config.json").write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match=r"config\.json.*'quantization_config\.config_groups\.group_0\.format' "
+                                         r"'nvfp4-pack-quantized'"):
+        from_pretrained(out)
+    bad = json.loads(json.dumps(cfg))
+    bad["quantization_config"]["quant_method"] = "gptq"
+    (out / "config.json").write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match=r"config\.json.*'quantization_config'"):
+        from_pretrained(out)
+    (out / "config.json").write_text(json.dumps(cfg))
+    from safetensors.numpy import load_file
+
+    from jaxeff.models.hf import _Entry, write_safetensors
+
+    t = load_file(str(out / "model.safetensors"))
+    t.pop("model.layers.1.mlp.up_proj.weight_scale")
+    write_safetensors(out / "model.safetensors", [_Entry(k, v.shape, v.dtype, lambda v=v: v) for k, v in t.items()])
+    with pytest.raises(ValueError, match=r"model\.safetensors: tensor 'model\.layers\.1\.mlp\.up_proj\.weight_scale' "
+                                         r"is missing"):
+        from_pretrained(out)
