@@ -31,6 +31,18 @@ def mesh1():
     return make_mesh((1,), ("data",), devices=jax.devices()[:1])
 
 
+@pytest.fixture(scope="session", params=["auto", "explicit"])
+def mesh8_kind(request):
+    """The 8-device 'data' mesh with Auto axes, then with Explicit axes (``jax.make_mesh``'s
+    default, sharding in types): every data-parallel function must work on both."""
+    from jax.sharding import AxisType
+
+    from jaxeff._core import make_mesh
+
+    t = AxisType.Auto if request.param == "auto" else AxisType.Explicit
+    return make_mesh((8,), ("data",), axis_types=(t,))
+
+
 @pytest.fixture
 def key():
     return jax.random.key(0)

@@ -9,7 +9,8 @@
 * :class:`LlamaForCausalLM` / :class:`LlamaConfig`: the Hugging Face Llama family (Llama 2/3,
   Mistral, Qwen2, Qwen3) in Flax NNX, with KV-cache :func:`generate` and tensor-parallel
   :func:`shard_model`; :func:`from_pretrained` / :func:`save_pretrained` read and write local
-  Hugging Face checkpoint directories.
+  Hugging Face checkpoint directories, quantized models in the compressed-tensors layout
+  (:mod:`jaxeff.models.compressed_tensors`).
 """
 from jaxeff.models.charlm import (
     CHARLM_PRESETS,

@@ -22,6 +22,11 @@ scheme (weights: ``num_bits``, ``type``, ``symmetric``, ``strategy``, ``group_si
 activations for W8A8: ``strategy: "token"``, ``dynamic: true``) and the float linear layers in
 ``ignore``.
 
+Loading goes the other way (:func:`linear_schemes`, :func:`quantized_linear_from_tensors`, used by
+:func:`jaxeff.models.from_pretrained`): a compressed-tensors checkpoint of these formats, written
+here or by compressed-tensors/llm-compressor, becomes ``QuantizedLinear`` layers with the stored
+codes.
+
 Not representable (ValueError naming the layer): nf4 and e5m2 weights, quantized embeddings,
 layers with a folded input scale (AWQ/SmoothQuant ``ScaledQArray``: fold the scale into the
 previous norm first), activation formats other than int8/e4m3 per-token dynamic.
@@ -39,7 +44,8 @@ import ml_dtypes
 import numpy as np
 from flax import nnx
 
-__all__ = ["quantized_layers", "export_entries", "pack_int32", "COMPRESSED_TENSORS_FORMATS"]
+__all__ = ["quantized_layers", "export_entries", "pack_int32", "unpack_int32", "linear_schemes",
+           "quantized_linear_from_tensors", "COMPRESSED_TENSORS_FORMATS"]
 
 COMPRESSED_TENSORS_FORMATS = ("int-quantized", "pack-quantized", "float-quantized", "mixed-precision")
 

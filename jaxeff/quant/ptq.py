@@ -287,13 +287,16 @@ def _gptq_impl(w, h, damp, *, fmt: QFormat, gs, block_size, act_order, symmetric
         u1 = u[i1:i2, i1:i2]
         idx = jnp.arange(nb)
 
-        def body(i, carry, i1=i1, u1=u1, idx=idx):
+        def body(i, carry, i1=i1, u1=u1, idx=idx, w_start=wp):
             w1, q1, e1, s_all, z_all = carry
             row = i1 + i
             if not static:
                 def refresh(sz):
                     s_all, z_all = sz
-                    s, z = calib(jax.lax.dynamic_slice_in_dim(w1, i, g, 0))
+                    # as the reference implementation: the group's scales come from the weights
+                    # as they were when this block started (all earlier blocks' updates applied,
+                    # none from rows of this block), not from the in-block-updated w1
+                    s, z = calib(jax.lax.dynamic_slice_in_dim(w_start, row, g, 0))
                     s_all = s_all.at[row // g].set(s)
                     if z_all is not None:
                         z_all = z_all.at[row // g].set(z)
@@ -347,10 +350,14 @@ def gptq(
         w_j \\leftarrow w_j - U_{ij}\\, e \\quad (j > i),
 
     applied lazily in blocks of ``block_size`` rows (one rank-``block_size`` update per
-    block). Group scales are computed when a group starts, from the error-updated weights
-    (without ``act_order``; ``block_size`` is rounded to a multiple of ``group_size`` so a
-    group never straddles blocks), or up front from ``w`` (with ``act_order``, "static
-    groups", so groups stay contiguous). Rows with ``H_ii = 0`` (dead inputs) become 0.
+    block). Without ``act_order``, the scales of a group are computed when its first row is
+    reached, from the weights ``W[r:r+g]`` as they stood when the current block started (every
+    earlier block's update applied, none of the current block's), exactly as in the reference
+    implementation (IST-DASLab ``gptq.py``, AutoGPTQ); the result therefore depends on
+    ``block_size`` (``block_size=1`` gives scales from the fully updated weights, which with
+    outlier input channels is worse than RTN). With ``act_order`` the scales are computed up
+    front from ``w`` ("static groups", so groups stay contiguous). Rows with ``H_ii = 0``
+    (dead inputs) become 0.
 
     Args:
         w: kernel ``[in, out]``.
@@ -389,8 +396,6 @@ def gptq(
     h = _gather_explicit(_as_hessian(x, hessian, w.shape[0], require_data=True))
     w = _gather_explicit(jnp.asarray(w))
     bs = int(block_size)
-    if gs is not None and not act_order:
-        bs = gs * max(1, bs // gs)
     q, s, z = _gptq_impl(jnp.asarray(w), h, jnp.asarray(damp, h.dtype), fmt=f, gs=gs, block_size=bs,
                          act_order=bool(act_order), symmetric=bool(symmetric),
                          calibration=calibration, percentile=float(percentile),

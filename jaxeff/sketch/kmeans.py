@@ -494,4 +494,16 @@ def kmeans_cost(A: jax.Array, centers: jax.Array, labels: jax.Array) -> jax.Arra
     if not jnp.issubdtype(labels.dtype, jnp.integer):
         raise ValueError(f"`labels` must be integer center ids, got dtype {labels.dtype}.")
     labels = check_index_range("labels", labels, np.shape(centers)[0], what="the rows of `centers`")
-    return _cost_jit(A, centers, labels.astype(jnp.int32))
+    mesh, axis = _data_mesh(A, None, "data")
+    if mesh is None:
+        return _cost_jit(A, centers, labels.astype(jnp.int32))
+    return _cost_sharded_fn(mesh, axis)(A, centers, labels.astype(jnp.int32))
+
+
+@functools.lru_cache(maxsize=32)
+def _cost_sharded_fn(mesh, axis):
+    # rows of A (and their labels) stay on their devices; centers are replicated
+    def local(Al, C, lab):
+        return lax.psum(jnp.sum((Al - C[lab]) ** 2), axis)
+
+    return jax.jit(_row_map(local, mesh, axis, (jax.P(axis, None), jax.P(), jax.P(axis)), jax.P()))

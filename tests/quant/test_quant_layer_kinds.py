@@ -151,12 +151,13 @@ def test_weight_only_and_w8a8_match_numpy(name, make, xshape, eq, xc):
     np.testing.assert_allclose(np.asarray(s.matrix(qg.layer.dequantized_kernel())), deq4, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(np.asarray(qg(x)), _add_bias(np.einsum(eq, xn, np.asarray(
         qg.layer.dequantized_kernel(), np.float64)), b, name), rtol=1e-5, atol=1e-5)
-    # fp8 x fp8 runs an fp8 dot with float32 accumulation
-    qf = quantize_model(model, QuantRule(weight_fmt="e4m3", act_fmt="e4m3"))
-    assert "float8_e4m3fn" in str(jax.make_jaxpr(lambda xx: qf(xx))(x))
-    assert np.linalg.norm(np.asarray(qf(x)) - y) < 0.1 * np.linalg.norm(y)
-    # under jit too
-    np.testing.assert_allclose(np.asarray(nnx.jit(lambda m_, xx: m_(xx))(qm, x)), yq, rtol=1e-5, atol=1e-5)
+    if name in ("linear_general", "user_einsum_o", "expert_batch"):
+        # fp8 x fp8 runs an fp8 dot with float32 accumulation
+        qf = quantize_model(model, QuantRule(weight_fmt="e4m3", act_fmt="e4m3"))
+        assert "float8_e4m3fn" in str(jax.make_jaxpr(lambda xx: qf(xx))(x))
+        assert np.linalg.norm(np.asarray(qf(x)) - y) < 0.1 * np.linalg.norm(y)
+        # under jit too
+        np.testing.assert_allclose(np.asarray(nnx.jit(lambda m_, xx: m_(xx))(qm, x)), yq, rtol=1e-5, atol=1e-5)
 
 
 def _calib_model():
