@@ -1,0 +1,116 @@
+"""`jaxeff compress` recipes on tiny Llama-family models: validation, a full run (teacher train,
+KD from the offline logit store, OSSCAR + shrink, online re-KD with mSAM, GPTQ int4, export),
+resume after a deleted stage, and the export loading in transformers with the same logits."""
+import json
+import shutil
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxeff.compress import RecipeError, load_recipe, run_recipe
+
+TEACHER = dict(model_type="qwen3", vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+               num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=64)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    d = tmp_path_factory.mktemp("data")
+    text = "".join(f"def f{i}(x):\n    return x * {i} + {i % 7}\n" for i in range(300))
+    (d / "code.txt").write_text(text)
+    (d / "more.jsonl").write_text("\n".join(json.dumps({"text": f"print({i} + {i})"}) for i in range(50)))
+    return d
+
+
+def _recipe(corpus, **over):
+    r = {
+        "teacher": {"config": TEACHER, "train": {"steps": 30, "batch_size": 8, "lr": 3e-3}},
+        "student": {"config": {"hidden_size": 32, "intermediate_size": 32, "num_hidden_layers": 1}},
+        "data": {"path": str(corpus), "seq_len": 32, "max_tokens": 12000},
+        "eval": {"max_sequences": 16, "gen_prompts": 2, "gen_tokens": 4},
+        "stages": [
+            {"distill": {"steps": 15, "teacher_logits": "cache", "top_k": 16, "lr": 3e-3}},
+            {"prune": {"mlp_sparsity": 0.5, "kv_group_sparsity": 0.5, "calib_sequences": 8}},
+            {"redistill": {"steps": 6, "optimizer": "msam", "msam_microbatches": 2, "divergence": "jsd", "lr": 1e-3}},
+            {"quantize": {"rules": [{"weight_fmt": "int4", "group_size": 16, "method": "gptq"}], "calib_sequences": 8}},
+            {"export": {}},
+        ],
+    }
+    r.update(over)
+    return r
+
+
+def test_recipe_validation(corpus, tmp_path):
+    r = load_recipe(_recipe(corpus))
+    assert r["stages"][0]["distill"]["temperature"] == 1.0 and r["data"]["tokenizer"] == "auto"
+    assert load_recipe(_recipe(corpus), ["stages.0.distill.steps=3"])["stages"][0]["distill"]["steps"] == 3
+    bad = [
+        (dict(extra=1), "unknown top-level key"),
+        (dict(stages=[{"distill": {"stepz": 3}}]), r"stages.0.distill`: unknown key"),
+        (dict(stages=[{"distill": {"steps": 0}}]), r"stages.0.distill.steps` must be a positive integer"),
+        (dict(stages=[{"distill": {"temperature": -1}}]), "temperature"),
+        (dict(stages=[{"shrink": {}}]), "unknown stage 'shrink'"),
+        (dict(stages=[{"export": {}}, {"distill": {}}]), "after `export`"),
+        (dict(stages=[{"quantize": {"rules": [{}]}}, {"prune": {}}]), "after `quantize`"),
+        (dict(stages=[{"quantize": {"rules": [{"method": "magic"}]}}]), r"rules.0.method"),
+        (dict(stages=[{"distill": {"optimizer": "msam", "batch_size": 8, "msam_microbatches": 3}}]), "must divide"),
+        (dict(stages=[{"distill": {"on_policy_fraction": 0.5}}]), "on_policy_fraction"),
+        (dict(stages=[{"prune": {"mlp_sparsity": 1.0}}]), "mlp_sparsity"),
+        (dict(teacher=None), "needs a `teacher`"),
+        (dict(data={"path": str(corpus / "nope.txt")}), "does not exist"),
+        (dict(teacher={"checkpoint": str(tmp_path)}), "not a checkpoint directory"),
+        (dict(teacher={"config": TEACHER, "checkpoint": str(tmp_path)}), "exactly one of"),
+    ]
+    for over, msg in bad:
+        with pytest.raises(RecipeError, match=msg):
+            load_recipe(_recipe(corpus, **over))
+    with pytest.raises(RecipeError, match="key.path=value"):
+        load_recipe(_recipe(corpus), ["steps"])
+    f = tmp_path / "r.yaml"
+    f.write_text("stages: [")
+    with pytest.raises(RecipeError, match="not valid YAML"):
+        load_recipe(f)
+
+
+def test_run_resume_and_export_loads_in_transformers(corpus, tmp_path):
+    out = tmp_path / "run"
+    rows = run_recipe(_recipe(corpus), out, progress=False)
+    names = [r["stage"] for r in rows]
+    assert names == ["teacher", "start", "01-distill", "02-prune", "03-redistill", "04-quantize", "05-export"]
+    by = {r["stage"]: r for r in rows}
+    assert by["teacher"]["last_loss"] < by["teacher"]["first_loss"]
+    assert by["01-distill"]["ppl"] < by["start"]["ppl"]  # KD from the store trains the student
+    assert by["01-distill"]["cache_bytes_per_token"] == 16 * 6 + 8
+    assert by["02-prune"]["bytes"] < by["01-distill"]["bytes"]
+    # int4 codes + scales for the projections; the embedding and the untied lm head stay float
+    assert by["04-quantize"]["bytes"] < by["03-redistill"]["bytes"] - 6000
+    assert by["04-quantize"]["ppl"] < 1.5 * by["03-redistill"]["ppl"]
+    for f in ("results.json", "results.md", "size_vs_quality.png"):
+        assert (out / f).is_file()
+    cfg = json.loads((out / "02-prune" / "model" / "config.json").read_text())
+    assert cfg["intermediate_size"] == 16 and cfg["num_key_value_heads"] == 1 and cfg["num_attention_heads"] == 2
+    assert json.loads((out / "export" / "config.json").read_text())["quantization_config"]["quant_method"] == "compressed-tensors"
+
+    # resume: delete the re-distillation stage; it and everything after it run again, earlier stages are kept
+    before = (out / "02-prune" / "metrics.json").read_text()
+    shutil.rmtree(out / "03-redistill")
+    rows2 = run_recipe(_recipe(corpus), out, progress=False)
+    assert (out / "02-prune" / "metrics.json").read_text() == before
+    by2 = {r["stage"]: r for r in rows2}
+    assert [r["stage"] for r in rows2] == names
+    np.testing.assert_allclose(by2["03-redistill"]["ppl"], by["03-redistill"]["ppl"], rtol=1e-4)
+    np.testing.assert_allclose(by2["05-export"]["ppl"], by["05-export"]["ppl"], rtol=1e-4)
+
+    # the exported compressed-tensors model loads in transformers and computes jaxeff's outputs
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("compressed_tensors")
+    from jaxeff.models import from_pretrained
+
+    ids = np.arange(24, dtype=np.int64).reshape(2, 12) + 40
+    ours = np.asarray(from_pretrained(out / "export")(jnp.asarray(ids)))
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out / "export", dtype=torch.float32)
+    with torch.no_grad():
+        theirs = hf(torch.as_tensor(ids)).logits.float().numpy()
+    np.testing.assert_allclose(ours, theirs, rtol=2e-3, atol=2e-3 * np.abs(theirs).max())
