@@ -19,11 +19,16 @@ import nbformat
 HERE = Path(__file__).resolve().parent
 SRC = HERE / "src"
 
-INSTALL_CELL = """\
+# The one place the notebooks' install source is set (documented in README.md and
+# notebooks/README.md). At run time the environment variable JAXEFF_PIP_SOURCE overrides it with
+# anything `pip install` accepts: a local checkout, a wheel, a git URL of a fork.
+PIP_SOURCE = "git+https://github.com/jaxeff/jaxeff"
+
+INSTALL_CELL = f"""\
 # Colab / fresh machine: install jaxeff (skipped when it is already importable).
 import importlib.util, os, subprocess, sys
 if importlib.util.find_spec("jaxeff") is None:
-    src = os.environ.get("JAXEFF_PIP_SOURCE", "git+https://github.com/jaxeff/jaxeff")
+    src = os.environ.get("JAXEFF_PIP_SOURCE", "{PIP_SOURCE}")
     subprocess.check_call([sys.executable, "-m", "pip", "install", "-q", src])
 # Problem size: "small" (default, minutes on a laptop CPU / Colab), "full" (paper scale,
 # use a GPU/TPU runtime) or "test" (seconds; used by the test suite).
