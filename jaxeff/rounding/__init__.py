@@ -4,7 +4,7 @@ low-precision training, and the sigma_min study of arXiv:2403.12278.
 * Formats: :class:`FloatFormat` (presets ``BF16``, ``FP16``, ``TF32``, ``E4M3``, ``E5M2``,
   ``E3M4``, ``E4M3FNUZ``, ``E5M2FNUZ``, fp6 ``E3M2``/``E2M3``, fp4 ``E2M1``), :class:`FixedGrid`.
 * :func:`round_to` (modes ``nearest``, ``toward_zero``, ``up``, ``down``, ``stochastic``,
-  ``stochastic_equal``; noise ``"jax"`` or the cheap counter-based ``"hash"``),
+  ``stochastic_equal``; noise: the cheap counter-based ``"hash"`` (default) or ``"jax"``),
   :func:`stochastic_round`, :func:`sr_noise_bits`.
 * Training: :func:`sr_apply_updates`, :func:`sr_optimizer` (optax wrapper).
 * Study: :func:`sr_test_matrix`, :func:`sr_stack_copies`, :func:`sr_controlled_variance_matrix`,

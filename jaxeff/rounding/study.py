@@ -218,7 +218,7 @@ def sigma_min_study(
     fmts: Sequence[Any] = (1, 2, 3, 4, 5),
     *,
     num_draws: int = 1,
-    noise: str = "jax",
+    noise: str = "hash",
 ) -> list[dict[str, Any]]:
     r"""Round ``A`` to each format and compare smallest singular values with the bound.
 
@@ -236,7 +236,8 @@ def sigma_min_study(
       A: tall matrix (n, d).
       fmts: formats, grids or ints p.
       num_draws: independent SR draws per format.
-      noise: ``"jax"`` or ``"hash"``.
+      noise: ``"hash"`` (default, the fast counter-based words) or ``"jax"``
+        (``jax.random.bits``); see :func:`round_to`.
 
     Returns:
       One dict per format with the keys above plus ``"fmt"``.
