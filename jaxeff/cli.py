@@ -71,9 +71,13 @@ def cmd_bench(args) -> int:
         return 2
     if not suites and args.size == "small":
         suites = ["core"] + [s for s in discover_suites() if s != "core"]
-    results, errors = run_suites(suites, size=args.size, config=cfg, mesh=mesh, progress=not args.no_progress)
+    results, errors, info = run_suites(suites, size=args.size, config=cfg, mesh=mesh,
+                                       progress=not args.no_progress, return_info=True)
     out = Path(args.out)
-    paths = write_results(results, errors, out, meta=default_meta(args.size, cfg.raw["name"]))
+    meta = default_meta(args.size, cfg.raw["name"])
+    meta.update(threads=info["threads"], load_before=info["load_before"], load_after=info["load_after"],
+                config_values=cfg.to_dict(), mesh=dict(mesh.shape))
+    paths = write_results(results, errors, out, meta=meta, goals=info["goals"])
     print((out / "results.md").read_text())
     print("wrote:", ", ".join(str(p) for p in paths))
     return 1 if errors else 0
@@ -121,7 +125,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # argparse fills a `nargs="*"` positional only once: words after an option
+        # (`bench core --config cpu-8 batch.per_device=4`) arrive here. key=value words
+        # are config overrides (bench: suite names too); anything else is an error.
+        bad = [w for w in extra if w.startswith("-") or (args.cmd != "bench" and "=" not in w)]
+        if bad:
+            parser.error(f"unrecognized arguments: {' '.join(bad)}")
+        if args.cmd == "bench":
+            args.suites = list(args.suites) + extra
+        else:
+            args.overrides = list(args.overrides) + extra
     try:
         return int(args.func(args) or 0)
     except ValueError as e:

@@ -25,7 +25,8 @@ from typing import Any, Callable
 
 import jax
 
-__all__ = ["BenchResult", "BenchContext", "time_fn", "compiled_memory", "device_peak_bytes", "block"]
+__all__ = ["BenchResult", "BenchContext", "Goal", "evaluate_goals", "time_fn", "compiled_memory",
+           "device_peak_bytes", "block"]
 
 
 def block(x: Any) -> Any:
@@ -201,3 +202,86 @@ class BenchContext:
             r = res.memory.get("temp", 0) + res.memory.get("output", 0)
             if b > 0:
                 res.memory_ratio = r / b
+
+
+_OPS = {"<=": lambda a, b: a <= b, "<": lambda a, b: a < b, ">=": lambda a, b: a >= b,
+        ">": lambda a, b: a > b, "==": lambda a, b: a == b}
+_FIELDS = ("median_s", "ratio", "memory_ratio")
+
+
+@dataclasses.dataclass(frozen=True)
+class Goal:
+    """A declared goal of a suite: ``measured(case, key) <op> target``.
+
+    ``case`` is a result name of the suite (``fnmatch`` pattern: every matching case is checked
+    on its own row). ``key`` is ``median_s``, ``ratio``, ``memory_ratio``, a key of the result's
+    ``metrics`` or of its ``memory`` dict. ``target`` is a number, or ``"other case:key"`` to
+    compare with another measurement of the same run (times ``scale``), e.g. SAM's ratio against
+    optax's ratio measured beside it.
+    """
+
+    name: str
+    case: str
+    key: str
+    op: str
+    target: float | str
+    units: str = ""
+    scale: float = 1.0
+
+    def __post_init__(self):
+        if self.op not in _OPS:
+            raise ValueError(f"Goal {self.name!r}: `op` must be one of {list(_OPS)}, got {self.op!r}.")
+        if isinstance(self.target, str):
+            if ":" not in self.target:
+                raise ValueError(f"Goal {self.name!r}: a string `target` must look like 'case:key', "
+                                 f"got {self.target!r}.")
+        elif isinstance(self.target, bool) or not isinstance(self.target, (int, float)):
+            raise TypeError(f"Goal {self.name!r}: `target` must be a number or 'case:key', got {self.target!r}.")
+
+
+def _measured(r: BenchResult, key: str) -> Any:
+    if key in _FIELDS:
+        return getattr(r, key)
+    if key in r.metrics:
+        return r.metrics[key]
+    if r.memory and key in r.memory:
+        return r.memory[key]
+    return None
+
+
+def evaluate_goals(goals: Any, results: list[BenchResult], suite: str) -> list[dict[str, Any]]:
+    """Check each goal of ``suite`` against ``results``: one row per matching case.
+
+    ``status`` is ``"met"``, ``"not met"`` or ``"missing"`` (no matching case, the key was not
+    measured, or the value is not a number).
+    """
+    import fnmatch
+    import math
+
+    rows: list[dict[str, Any]] = []
+    mine = [r for r in results if r.suite == suite]
+    for g in goals:
+        if not isinstance(g, Goal):
+            raise TypeError(f"suite {suite!r}: GOALS must hold jaxeff._core.bench.Goal objects, got {g!r}.")
+        target, target_desc = g.target, f"{g.target}"
+        if isinstance(g.target, str):
+            tcase, tkey = g.target.rsplit(":", 1)
+            tr = next((r for r in mine if r.name == tcase), None)
+            target = None if tr is None else _measured(tr, tkey)
+            target_desc = f"{g.scale:g} x {g.target}" if g.scale != 1 else g.target
+            if isinstance(target, (int, float)) and not isinstance(target, bool):
+                target = target * g.scale
+            else:
+                target = None
+        matches = [r for r in mine if fnmatch.fnmatchcase(r.name, g.case)] or [None]
+        for r in matches:
+            v = None if r is None else _measured(r, g.key)
+            row = {"suite": suite, "goal": g.name, "case": g.case if r is None else r.name, "key": g.key,
+                   "measured": v, "op": g.op, "target": target, "target_spec": target_desc, "units": g.units}
+            num = isinstance(v, (int, float)) and not isinstance(v, bool) and not math.isnan(v)
+            if not num or target is None:
+                row["status"] = "missing"
+            else:
+                row["status"] = "met" if _OPS[g.op](v, target) else "not met"
+            rows.append(row)
+    return rows

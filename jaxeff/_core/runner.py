@@ -5,15 +5,79 @@ import datetime
 import importlib.util
 import json
 import math
+import os
 import platform
 import sys
 import traceback
 from pathlib import Path
 from typing import Any, Sequence
 
-from jaxeff._core.bench import BenchContext, BenchResult
+from jaxeff._core.bench import BenchContext, BenchResult, Goal, evaluate_goals
 
-__all__ = ["suites_dir", "discover_suites", "run_suites", "write_results"]
+__all__ = ["suites_dir", "discover_suites", "run_suites", "write_results", "suite_goals", "blas_thread_limit"]
+
+# BLAS threads per process while suites run. OpenBLAS threads busy-wait under contention:
+# on the 2-core machine a 2500x50 QR went from ~1 ms to hundreds of ms when another process
+# held a core. One thread gave the stable medians (measured: see issue 18 notes). Override
+# with $JAXEFF_BENCH_BLAS_THREADS (an integer, or "none" to leave the libraries alone).
+DEFAULT_BLAS_THREADS = 1
+
+
+def blas_thread_limit() -> int | None:
+    v = os.environ.get("JAXEFF_BENCH_BLAS_THREADS")
+    if v is None:
+        return DEFAULT_BLAS_THREADS
+    if v.strip().lower() in ("none", ""):
+        return None
+    try:
+        n = int(v)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ValueError(f"$JAXEFF_BENCH_BLAS_THREADS must be a positive integer or 'none', got {v!r}")
+    return n
+
+
+def _thread_info(limit: int | None) -> dict:
+    info: dict[str, Any] = {"blas_limit": limit,
+                            "env": {k: os.environ.get(k) for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
+                                                                   "MKL_NUM_THREADS", "XLA_FLAGS")}}
+    try:
+        from threadpoolctl import threadpool_info
+
+        info["threadpools"] = [{k: d.get(k) for k in ("user_api", "internal_api", "num_threads", "version")}
+                               for d in threadpool_info()]
+    except ImportError:  # pragma: no cover - threadpoolctl ships with scikit-learn
+        info["threadpools"] = None
+    return info
+
+
+def _loadavg() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:  # pragma: no cover
+        return None
+
+
+def suite_goals(name: str, module: Any = None, directory: Path | None = None) -> list[Goal]:
+    """Goals of suite ``name``: its module's ``GOALS`` plus ``<suites dir>/_goals.py``'s ``GOALS[name]``."""
+    goals = list(getattr(module, "GOALS", []) or [])
+    table = _goal_table(directory)
+    goals += list(table.get(name, []))
+    return goals
+
+
+def _goal_table(directory: Path | None = None) -> dict:
+    try:
+        path = (directory or suites_dir()) / "_goals.py"
+    except FileNotFoundError:
+        return {}
+    if not path.exists():
+        return {}
+    spec = importlib.util.spec_from_file_location("jaxeff_bench__goals", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return dict(getattr(mod, "GOALS", {}))
 
 
 def suites_dir() -> Path:
@@ -49,9 +113,16 @@ def run_suites(
     config: Any = None,
     mesh: Any = None,
     progress: bool = True,
-) -> tuple[list[BenchResult], dict[str, str]]:
-    """Run the named suites (all when empty); returns (results, {suite: error message})."""
-    available = discover_suites()
+    directory: Path | None = None,
+    return_info: bool = False,
+):
+    """Run the named suites (all when empty); returns (results, {suite: error message}).
+
+    With ``return_info=True`` a third item is returned: ``{"goals": [goal rows],
+    "threads": {...}, "load_before": [...], "load_after": [...]}`` (see :func:`write_results`).
+    BLAS thread pools are limited to :func:`blas_thread_limit` threads while suites run.
+    """
+    available = discover_suites(directory)
     names = list(names) if names else list(available)
     unknown = [n for n in names if n not in available]
     if unknown:
@@ -66,6 +137,29 @@ def run_suites(
     repeats = None
     if config is not None:
         repeats = config.raw["bench"]["repeats"]
+    limit = blas_thread_limit()
+    goal_rows: list[dict] = []
+    load_before = _loadavg()
+    limiter = None
+    if limit is not None:
+        from threadpoolctl import threadpool_limits
+
+        limiter = threadpool_limits(limits=limit)
+    threads = _thread_info(limit)
+    try:
+        _run_all(names, available, size, config, mesh, repeats, bar, results, errors, goal_rows, directory)
+    finally:
+        if limiter is not None:
+            limiter.restore_original_limits()
+    if bar is not None:
+        bar.close()
+    if return_info:
+        return results, errors, {"goals": goal_rows, "threads": threads, "load_before": load_before,
+                                 "load_after": _loadavg()}
+    return results, errors
+
+
+def _run_all(names, available, size, config, mesh, repeats, bar, results, errors, goal_rows, directory):
     for name in names:
         if bar is not None:
             bar.set_description(f"suite {name}")
@@ -75,6 +169,7 @@ def run_suites(
                 bar.set_postfix_str(f"{_n}: {msg}"[:60])
 
         ctx = BenchContext(name, size=size, config=config, mesh=mesh, repeats=repeats, progress=prog)
+        mod = None
         try:
             mod = _load(name, available[name])
             mod.run(ctx)
@@ -82,11 +177,12 @@ def run_suites(
             errors[name] = f"{type(e).__name__}: {e}"
             traceback.print_exc()
         results.extend(ctx.results)
+        try:
+            goal_rows.extend(evaluate_goals(suite_goals(name, mod, directory), ctx.results, name))
+        except (TypeError, ValueError) as e:
+            errors[f"{name} goals"] = f"{type(e).__name__}: {e}"
         if bar is not None:
             bar.update(1)
-    if bar is not None:
-        bar.close()
-    return results, errors
 
 
 def _fmt(v: Any) -> str:
@@ -108,13 +204,36 @@ def _mem(m: dict | None) -> str:
     return f"{m.get(key, 0) / 2**20:.1f} MiB ({key})"
 
 
-def write_results(results: list[BenchResult], errors: dict[str, str], out: Path, *, meta: dict) -> list[Path]:
-    """Write results.json, results.md and one PNG per suite into ``out``."""
+def write_results(results: list[BenchResult], errors: dict[str, str], out: Path, *, meta: dict,
+                  goals: list[dict] | None = None) -> list[Path]:
+    """Write results.json, results.md and one PNG per suite into ``out``.
+
+    ``goals`` are the rows of :func:`jaxeff._core.bench.evaluate_goals`; results.md prints them
+    as measured vs goal with met / not met / missing.
+    """
     out.mkdir(parents=True, exist_ok=True)
-    payload = {"meta": meta, "errors": errors, "results": [r.to_dict() for r in results]}
+    goals = list(goals or [])
+    payload = {"meta": meta, "errors": errors, "goals": goals, "results": [r.to_dict() for r in results]}
     (out / "results.json").write_text(json.dumps(payload, indent=1, default=str))
     lines = [f"# jaxeff benchmark results", "", f"- date: {meta['date']}", f"- machine: {meta['machine']}",
-             f"- jax {meta['jax']} ({meta['backend']}, {meta['devices']} device(s)); size: {meta['size']}; config: {meta['config']}", ""]
+             f"- jax {meta['jax']} ({meta['backend']}, {meta['devices']} device(s)); size: {meta['size']}; config: {meta['config']}"]
+    if "threads" in meta:
+        lines.append(f"- BLAS thread limit: {meta['threads'].get('blas_limit')}; load average (1/5/15 min) "
+                     f"before: {meta.get('load_before')}, after: {meta.get('load_after')}")
+    lines.append("")
+    if goals:
+        n_met = sum(g["status"] == "met" for g in goals)
+        lines += [f"## goals ({n_met} of {len(goals)} met)", "",
+                  "| suite | goal | case | measured | goal | status |", "|---|---|---|---|---|---|"]
+        for g in goals:
+            u = f" {g['units']}" if g.get("units") else ""
+            meas = "—" if g["measured"] is None else f"{g['key']}={_fmt(g['measured'])}{u}"
+            tgt = g["target_spec"]
+            if isinstance(g["target"], (int, float)) and str(g["target"]) != tgt:
+                tgt = f"{tgt} (= {_fmt(g['target'])})"
+            lines.append(f"| {g['suite']} | {g['goal']} | {g['case']} | {meas} | {g['op']} {tgt}{u} | "
+                         f"{g['status']} |")
+        lines.append("")
     for suite in dict.fromkeys(r.suite for r in results):
         lines += [f"## {suite}", "", "| case | median time | vs baseline | ratio | XLA memory | memory ratio | metrics |",
                   "|---|---|---|---|---|---|---|"]

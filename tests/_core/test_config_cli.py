@@ -65,3 +65,17 @@ def test_cli_bench_writes_three_result_kinds(tmp_path):
     assert pd["metrics"]["status"] == "OPTIMAL" and pd["metrics"]["rel_obj_err"] < 1e-5
     assert (out / "results.md").read_text().startswith("# jaxeff benchmark results")
     assert (out / "core.png").stat().st_size > 1000
+
+
+def test_cli_bench_overrides_after_config(tmp_path, capsys):
+    # issue 20.4: key=value after --config reached argparse as "unrecognized arguments"
+    assert main(["bench", "--config", "cpu-8", "mesh.shape=[3]", "--out", str(tmp_path / "x")]) == 2
+    assert "impossible mesh" in capsys.readouterr().err
+    assert main(["bench", "core", "--config", "v5e-8", "batch.per_device=4", "--out", str(tmp_path / "y")]) == 2
+    assert "needs 8 TPU" in capsys.readouterr().err
+    assert main(["bench", "core", "--config", "cpu-8", "bogus.key=1", "--out", str(tmp_path / "z")]) == 2
+    assert "unknown config key 'bogus'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["bench", "--config", "cpu-8", "--bogus"])
+    with pytest.raises(SystemExit):
+        main(["info", "--config", "cpu-8", "notanoverride"])
