@@ -33,7 +33,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxeff._core.validation import check_in_range, check_key, check_ndim
+import numpy as np
+
+from jaxeff._core.validation import check_in_range, check_key, check_ndim, error_if
 
 __all__ = [
     "filter_logits",
@@ -43,6 +45,16 @@ __all__ = [
     "mix_on_policy",
     "on_policy_batch",
 ]
+
+
+def _check_filter_args(logits: Any, top_k: Any, top_p: Any) -> None:
+    """Static checks shared by :func:`filter_logits` and :func:`sample_from_logits`."""
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 0):
+        raise ValueError(f"`top_k` must be an int >= 0 (0 or None: off), got {top_k!r}.")
+    if top_p is not None:
+        check_in_range("top_p", top_p, 0.0, 1.0, low_inclusive=False)
+    if np.ndim(logits) < 1 or np.shape(logits)[-1] == 0:
+        raise ValueError(f"`logits` must have a non-empty last (vocabulary) axis, got shape {np.shape(logits)}.")
 
 
 def filter_logits(logits: jax.Array, *, top_k: int | None = None, top_p: float | None = None) -> jax.Array:
@@ -69,6 +81,7 @@ def filter_logits(logits: jax.Array, *, top_k: int | None = None, top_p: float |
     References:
       Holtzman et al., "The Curious Case of Neural Text Degeneration", arXiv:1904.09751.
     """
+    _check_filter_args(logits, top_k, top_p)
     v = logits.shape[-1]
     if top_k is not None and top_k > 0:
         if top_k > v:
@@ -104,8 +117,13 @@ def sample_from_logits(
       >>> int(sample_from_logits(jax.random.key(0), jnp.array([0.0, 5.0, 1.0]), temperature=0.0))
       1
     """
+    check_key("key", key)
     check_in_range("temperature", temperature, 0.0, None)
-    logits = logits.astype(jnp.float32)
+    _check_filter_args(logits, top_k, top_p)
+    logits = jnp.asarray(logits).astype(jnp.float32)
+    # NaN or +inf logits give no distribution: refuse them (one reduction; -inf is a mask).
+    logits = error_if(logits, jnp.any(jnp.isnan(logits) | (logits == jnp.inf)),
+                      "`logits` contains NaN or +inf; expected finite logits (-inf masks a token).")
     if temperature == 0:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
     logits = filter_logits(logits / temperature, top_k=top_k, top_p=top_p)
