@@ -30,6 +30,10 @@ from jaxeff.prune.optax_wrapper import (
     one_shot_schedule,
     periodic_schedule,
     sparsify,
+    PolynomialSchedule,
+    ConstantSchedule,
+    polynomial_schedule,
+    constant_schedule,
 )
 
 __all__ = [
@@ -52,6 +56,10 @@ __all__ = [
     "cubic_schedule",
     "SparsifyState",
     "sparsify",
+    "PolynomialSchedule",
+    "ConstantSchedule",
+    "polynomial_schedule",
+    "constant_schedule",
     "LayerHessian",
     "layer_hessian",
     "sparsegpt",

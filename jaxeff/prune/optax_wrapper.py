@@ -18,7 +18,11 @@ Schedules (:class:`PruningSchedule`):
 
   .. math:: s_t = s_f + (s_i - s_f)\\,(1 - p_t)^3, \\quad p_t = \\mathrm{clip}((t - t_0) / (t_1 - t_0), 0, 1),
 
-  which with ``s_i = 0`` is :math:`s_t = s_f (1 - (1 - p_t)^3)`.
+  which with ``s_i = 0`` is :math:`s_t = s_f (1 - (1 - p_t)^3)`;
+* :func:`polynomial_schedule` ``(s_f, start, end, every, s_i, power)``: the same with any power
+  :math:`p > 0` in place of 3 (Zhu & Gupta's general form; ``cubic_schedule`` is ``power=3``);
+* :func:`constant_schedule` ``(s, start, end, every)``: constant sparsity from ``start``, masks
+  selected once or every ``every`` steps.
 
 References:
   jaxpruner (arXiv 2304.14082); Zhu & Gupta, "To prune, or not to prune" (arXiv 1710.01878).
@@ -28,6 +32,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import functools
+import numbers
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -46,6 +51,10 @@ __all__ = [
     "one_shot_schedule",
     "periodic_schedule",
     "cubic_schedule",
+    "PolynomialSchedule",
+    "ConstantSchedule",
+    "polynomial_schedule",
+    "constant_schedule",
     "SparsifyState",
     "sparsify",
 ]
@@ -115,30 +124,101 @@ class PeriodicSchedule(PruningSchedule):
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class CubicSchedule(PruningSchedule):
-    """Gradual cubic schedule :math:`s_t = s_f + (s_i - s_f)(1 - p_t)^3` between ``start`` and ``end``."""
+class ConstantSchedule(PruningSchedule):
+    """Constant target ``sparsity`` from step ``start`` on (0 before it).
+
+    Masks are selected at ``start``; with ``every=None`` (default) they are then kept fixed
+    (one-shot at ``start``), with an integer ``every`` they are re-selected at
+    ``start, start + every, ...`` up to ``end`` (``None``: no end) -- the ``ConstantSparsity``
+    schedule of TF Model Optimization (``begin_step``, ``end_step``, ``frequency``).
+    """
+
+    sparsity: float
+    start: int = 0
+    end: int | None = None
+    every: int | None = None
+
+    def __post_init__(self):
+        _check_sparsity("sparsity", self.sparsity)
+        _check_int("start", self.start, 0)
+        if self.end is not None:
+            _check_int("end", self.end, self.start)
+        if self.every is not None:
+            _check_int("every", self.every, 1)
+
+    def sparsity_at(self, step):
+        return jnp.where(step >= self.start, jnp.float32(self.sparsity), jnp.float32(0.0))
+
+    def update_at(self, step):
+        if self.every is None:
+            return step == self.start
+        ok = (step >= self.start) & ((step - self.start) % self.every == 0)
+        if self.end is not None:
+            ok = ok & (step <= self.end)
+        return ok
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PolynomialSchedule(PruningSchedule):
+    """Gradual polynomial schedule (Zhu & Gupta) of power ``power`` between ``start`` and ``end``.
+
+    .. math:: s_t = s_f + (s_i - s_f)\\left(1 - \\frac{t - t_0}{n \\Delta t}\\right)^{p}
+
+    with :math:`t_0` = ``start``, :math:`t_0 + n \\Delta t` = ``end``, :math:`\\Delta t` = ``every``,
+    :math:`p` = ``power`` (``3`` is the paper's cubic schedule, ``1`` linear), the fraction
+    clipped to ``[0, 1]`` (so :math:`s_t = s_f` after ``end``) and :math:`s_t = 0` before
+    ``start``. Masks are recomputed at ``start, start + every, ...`` (<= ``end``) and at ``end``.
+    """
 
     final_sparsity: float
     start: int
     end: int
     every: int = 1
     initial_sparsity: float = 0.0
+    power: float = 3.0
 
     def __post_init__(self):
-        check_in_range("final_sparsity", self.final_sparsity, 0.0, 1.0, high_inclusive=False)
-        check_in_range("initial_sparsity", self.initial_sparsity, 0.0, self.final_sparsity)
+        _check_sparsity("final_sparsity", self.final_sparsity)
+        _check_sparsity("initial_sparsity", self.initial_sparsity)
+        if self.initial_sparsity > self.final_sparsity:
+            raise ValueError(f"`initial_sparsity` must be in [0, final_sparsity={self.final_sparsity:g}], "
+                             f"got {self.initial_sparsity!r}.")
         _check_int("start", self.start, 0)
         _check_int("end", self.end, self.start + 1)
         _check_int("every", self.every, 1)
+        _check_power(self.power)
 
     def sparsity_at(self, step):
         p = jnp.clip((step - self.start) / (self.end - self.start), 0.0, 1.0).astype(jnp.float32)
-        s = self.final_sparsity + (self.initial_sparsity - self.final_sparsity) * (1.0 - p) ** 3
+        s = self.final_sparsity + (self.initial_sparsity - self.final_sparsity) * (1.0 - p) ** _power_exponent(self.power)
         return jnp.where(step >= self.start, s, 0.0).astype(jnp.float32)
 
     def update_at(self, step):
         on_grid = (step >= self.start) & (step <= self.end) & ((step - self.start) % self.every == 0)
         return on_grid | (step == self.end)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CubicSchedule(PolynomialSchedule):
+    """Gradual cubic schedule :math:`s_t = s_f + (s_i - s_f)(1 - p_t)^3` between ``start`` and ``end``
+    (the ``power=3`` :class:`PolynomialSchedule`)."""
+
+    power: float = dataclasses.field(default=3.0, init=False)
+
+
+def _power_exponent(power: float):
+    """Integral powers as Python ints (exact repeated multiplication, as the cubic always was)."""
+    return int(power) if float(power).is_integer() else float(power)
+
+
+def _check_sparsity(name: str, v: Any) -> None:
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not (0.0 <= float(v) < 1.0):
+        raise ValueError(f"`{name}` must be a number in [0, 1), got {v!r}.")
+
+
+def _check_power(v: Any) -> None:
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or not (0.0 < float(v) < float("inf")):
+        raise ValueError(f"`power` must be a finite number > 0, got {v!r}.")
 
 
 def _check_int(name: str, v: Any, low: int) -> None:
@@ -194,6 +274,41 @@ def cubic_schedule(
     _check_int("every", every, 1)
     return CubicSchedule(final_sparsity=float(final_sparsity), start=start, end=end, every=every,
                          initial_sparsity=float(initial_sparsity))
+
+
+def polynomial_schedule(
+    final_sparsity: float, start: int, end: int, every: int = 1, initial_sparsity: float = 0.0, power: float = 3.0
+) -> PolynomialSchedule:
+    """Gradual pruning with the Zhu-Gupta polynomial of power ``power`` (``3`` = cubic, ``1`` = linear):
+
+    :math:`s_t = s_f + (s_i - s_f)(1 - (t - t_0)/(n \\Delta t))^{p}`, ``t0 = start``,
+    ``t0 + n Δt = end``, ``Δt = every``; masks updated every ``every`` steps in ``[start, end]``
+    (and at ``end``). ``power`` must be > 0; sparsities in ``[0, 1)`` with
+    ``initial_sparsity <= final_sparsity``.
+
+    Example:
+      >>> sch = polynomial_schedule(0.8, start=0, end=100, power=1)
+      >>> round(float(sch.sparsity_at(25)), 4)   # linear: 0.8 * 0.25
+      0.2
+
+    References:
+      Zhu & Gupta, arXiv 1710.01878, eq. (1).
+    """
+    return PolynomialSchedule(final_sparsity=final_sparsity, start=start, end=end, every=every,
+                              initial_sparsity=initial_sparsity, power=power)
+
+
+def constant_schedule(sparsity: float, start: int = 0, end: int | None = None,
+                      every: int | None = None) -> ConstantSchedule:
+    """Constant ``sparsity`` from ``start``: masks chosen at ``start`` and kept (``every=None``)
+    or re-selected every ``every`` steps up to ``end``.
+
+    Example:
+      >>> sch = constant_schedule(0.5, start=10)
+      >>> float(sch.sparsity_at(9)), float(sch.sparsity_at(10)), bool(sch.update_at(20))
+      (0.0, 0.5, False)
+    """
+    return ConstantSchedule(sparsity=sparsity, start=start, end=end, every=every)
 
 
 class SparsifyState(NamedTuple):
@@ -255,7 +370,8 @@ def sparsify(
     Args:
       tx: any optax transformation (extra args are forwarded).
       schedule: a :class:`PruningSchedule` (see :func:`one_shot_schedule`,
-        :func:`periodic_schedule`, :func:`cubic_schedule`).
+        :func:`periodic_schedule`, :func:`cubic_schedule`, :func:`polynomial_schedule`,
+        :func:`constant_schedule`).
       scorer: "magnitude" (:math:`|w|`), "snip" (:math:`|w g|`), "random", or a callable
         ``scorer(params, grads) -> scores`` returning a score pytree (arrays where pruned).
       distribution: sparsity distribution for the default unstructured masks:
