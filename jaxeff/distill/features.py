@@ -57,6 +57,7 @@ def hidden_state_loss(
     """
     check_choice("kind", kind, ("mse", "cosine"))
     check_reduction(reduction)
+    check_in_range("eps", eps, 0.0, None, low_inclusive=False)
     hs = as_f32(student_hidden)
     ht = jax.lax.stop_gradient(as_f32(teacher_hidden))
     if hs.shape[:-1] != ht.shape[:-1]:
@@ -66,7 +67,7 @@ def hidden_state_loss(
     if projection is None:
         if hs.shape[-1] != ht.shape[-1]:
             raise ValueError(
-                f"student width {hs.shape[-1]} != teacher width {ht.shape[-1]}: pass `projection` "
+                f"`student_hidden` width {hs.shape[-1]} != `teacher_hidden` width {ht.shape[-1]}: pass `projection` "
                 f"(a [{hs.shape[-1]}, {ht.shape[-1]}] matrix or a callable)."
             )
         ps = hs
@@ -151,19 +152,22 @@ def attention_transfer_loss(
     s_list = list(student_maps) if isinstance(student_maps, (list, tuple)) else [student_maps]
     t_list = list(teacher_maps) if isinstance(teacher_maps, (list, tuple)) else [teacher_maps]
     if len(s_list) != len(t_list):
-        raise ValueError(f"got {len(s_list)} student maps but {len(t_list)} teacher maps.")
+        raise ValueError(f"`student_maps` has {len(s_list)} map(s) but `teacher_maps` has {len(t_list)}; "
+                         "pass one array each or equal-length lists.")
     total = None
     b = None
     for i, (fs, ft) in enumerate(zip(s_list, t_list)):
         fs_shape, ft_shape = np.shape(fs), np.shape(ft)
         if len(fs_shape) < 2 or len(fs_shape) != len(ft_shape):
-            raise ValueError(f"maps {i}: student {fs_shape} and teacher {ft_shape} must be [B, *spatial, C] arrays.")
+            raise ValueError(f"maps {i}: `student_maps` {fs_shape} and `teacher_maps` {ft_shape} must be [B, *spatial, C] "
+                             "arrays of the same rank.")
         ax = channel_axis % len(fs_shape)
         sp_s = tuple(d for j, d in enumerate(fs_shape) if j != ax)
         sp_t = tuple(d for j, d in enumerate(ft_shape) if j != ax)
         if sp_s != sp_t:
             raise ValueError(
-                f"maps {i}: batch/spatial shapes differ: student {sp_s} vs teacher {sp_t} (channel axis {channel_axis})."
+                f"maps {i}: batch/spatial shapes of `student_maps` {sp_s} and `teacher_maps` {sp_t} differ "
+                f"(channel axis {channel_axis})."
             )
         a_s = _attention_map(fs, channel_axis, p)
         a_t = jax.lax.stop_gradient(_attention_map(ft, channel_axis, p))
