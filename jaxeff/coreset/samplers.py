@@ -81,8 +81,21 @@ __all__ = [
     "CORESET_SAMPLERS",
 ]
 
-LEWIS_ITERS = 4  # fixed-point steps: the log-error halves per step (Cohen & Peng, p = 1); after 4 steps it
-# is below 5 % on the benchmark data, smaller than the JL noise of the sketched scores
+# Lewis steps. Default (num_iters=None): iterate until the largest relative change of any weight is below
+# LEWIS_TOL, at most LEWIS_MAX_ITERS steps (a lax.while_loop inside the jit). The plain fixed point map
+# v <- T(v) = sqrt(q(v)) only halves the log-error per step (Cohen & Peng, p = 1): from v = 1 a fixed 4 steps
+# left weights up to 45 % off the converged ones on data with high-leverage rows (22 % on a 4000 x 10
+# heavy-tailed set, 45 % on a Gaussian one). The error shrinks by about 1/2 with a constant sign, so the loop
+# over-relaxes in log space, log v <- log v + LEWIS_RELAX (log T(v) - log v) (LEWIS_RELAX = 3/2: the error
+# contracts by about 1/4 per step); stopping at a change below 2 % leaves < 1 % on the same data (tests compare
+# with exact 100-step weights: within 5 %). In the sketched path every step of the loop reuses one
+# CountSketch hash and one JL matrix, so the loop iterates a fixed map and its changes can fall below LEWIS_TOL
+# (fresh JL noise per step would keep them at the ~30 % JL level). An int num_iters keeps the old
+# behaviour: exactly that many plain steps, a fresh JL matrix per step.
+LEWIS_ITERS = None
+LEWIS_TOL = 0.02
+LEWIS_MAX_ITERS = 20
+LEWIS_RELAX = 1.5
 
 SAMPLER_METHODS = ("uniform", "sqrt_leverage", "lewis_weights", "augmented_sensitivity")
 
@@ -268,7 +281,7 @@ def _lewis(X, c, axis, rand, opts):
     d = X.shape[1]
     num_iters, sketch_size = opts["lewis_iters"], opts["sketch_size"]
 
-    def q_of(v, t):
+    def q_of(v, t):  # t: the step (selects the JL matrix; the convergence loop always passes 0)
         if sketch_size is None:
             Gm = psum(X.T @ ((c * c / v)[:, None] * X), axis)  # A^T V^-1 A, one n x d temporary
             ridge = jnp.maximum(10 * jnp.finfo(X.dtype).eps * jnp.trace(Gm) / d, jnp.finfo(X.dtype).tiny)
@@ -287,8 +300,26 @@ def _lewis(X, c, axis, rand, opts):
     lev = q_of(jnp.ones((X.shape[0],), X.dtype), 0)
     v = jnp.sqrt(jnp.maximum(lev, 0.0)) + tiny
 
-    for t in range(1, num_iters):  # a few steps: unrolled (XLA:CPU runs them faster than a while loop)
-        v = jnp.sqrt(jnp.maximum(q_of(v, t), 0.0)) + tiny
+    if num_iters is not None:
+        for t in range(1, num_iters):  # explicit count: unrolled plain steps, a fresh JL matrix per step
+            v = jnp.sqrt(jnp.maximum(q_of(v, t), 0.0)) + tiny
+        return v, lev
+
+    # convergence test (see LEWIS_TOL): over-relaxed steps of one fixed (sketched) map
+    def cond(state):
+        t, _, change = state
+        return (t < LEWIS_MAX_ITERS) & (change >= LEWIS_TOL)
+
+    def body(state):
+        t, v, _ = state
+        q = jnp.maximum(q_of(v, 0), tiny)
+        # v^(1-a) * sqrt(q)^a, a = LEWIS_RELAX, computed in log space
+        vn = jnp.exp((1.0 - LEWIS_RELAX) * jnp.log(v) + (0.5 * LEWIS_RELAX) * jnp.log(q)) + tiny
+        change = pmax(jnp.max(jnp.abs(vn - v) / v), axis)
+        return t + 1, vn, change.astype(X.dtype)
+
+    big = jnp.asarray(jnp.inf, X.dtype)
+    _, v, _ = jax.lax.while_loop(cond, body, (jnp.int32(1), v, big))
     return v, lev
 
 
@@ -405,7 +436,8 @@ def _randomness(key, method, n, d, dt, opts):
             rand["cs_bucket"] = rand["cs_sign"] = rand["cs_shift"] = None
         if opts["jl_dim"] is not None:
             k = opts["jl_dim"]
-            G = jax.random.normal(k_g, (max(opts["lewis_iters"], 1) + 1, d, k), dt) / np.sqrt(k)
+            steps = 1 if opts["lewis_iters"] is None else max(opts["lewis_iters"], 1)
+            G = jax.random.normal(k_g, (steps + 1, d, k), dt) / np.sqrt(k)
             rand["G"], rand["G_steps"] = G[0], G[1:]
         else:
             rand["G"] = rand["G_steps"] = None
@@ -473,10 +505,13 @@ def _prepare(method, key, X, y, m, replace, sample_weights, mesh, axis, sketch_s
         check_in_range("sketch_size", sketch_size, 1)
     if jl_dim is not None:
         check_in_range("jl_dim", jl_dim, 1)
-    check_in_range("lewis_iters", lewis_iters, 1)
+    if lewis_iters is not None:
+        if not isinstance(lewis_iters, (int, np.integer)) or isinstance(lewis_iters, bool):
+            raise TypeError(f"`num_iters` must be None (convergence test) or a positive int, got {lewis_iters!r}.")
+        check_in_range("num_iters", int(lewis_iters), 1)
     opts = (("sketch_size", None if sketch_size is None else int(sketch_size)),
             ("jl_dim", None if jl_dim is None else int(jl_dim)),
-            ("lewis_iters", int(lewis_iters)))
+            ("lewis_iters", None if lewis_iters is None else int(lewis_iters)))
     fn = _build(method, n, d, int(m) if what == "sample" else 1, bool(replace), mesh, axis, opts, what)
     return fn(key, X, y, w)
 
@@ -547,7 +582,10 @@ def sqrt_leverage(key, X, y, m, *, replace=True, sample_weights=None, mesh=None,
 def lewis_weights(key, X, y, m, *, replace=True, sample_weights=None, mesh=None, axis=None, num_iters=LEWIS_ITERS,
                   sketch_size="auto", jl_dim=20):
     """ℓ1 Lewis-weight sampling: :math:`s_i = v_i + w_i/\\sum w`, :math:`v` the ℓ1 Lewis weights of
-    :math:`W D_y X` from ``num_iters`` steps of :math:`v_i \\leftarrow (a_i^\\top(A^\\top V^{-1}A)^{-1}a_i)^{1/2}`.
+    :math:`W D_y X` from the fixed point iteration :math:`v_i \\leftarrow (a_i^\\top(A^\\top V^{-1}A)^{-1}a_i)^{1/2}`:
+    by default (``num_iters=None``) over-relaxed steps until the largest relative change of a weight is
+    below ``LEWIS_TOL`` (2 %, at most ``LEWIS_MAX_ITERS`` = 20 steps, inside the jit); an int
+    ``num_iters`` runs exactly that many plain steps instead.
     Each step estimates the quadratic forms from the R of a CountSketch of :math:`V^{-1/2}A`
     (``sketch_size``, default as in :func:`sqrt_leverage`) and a fresh d x ``jl_dim`` Gaussian,
     i.e. two passes over the data; ``sketch_size=None`` uses the exact Gram matrix (and

@@ -290,3 +290,66 @@ def test_householder_r_matches_lapack():
         R = np.asarray(S._householder_r(jnp.asarray(A, jnp.float32)), np.float64)
         assert R.shape == (d, d) and np.allclose(R, np.triu(R))
         np.testing.assert_allclose(R.T @ R, A.T @ A, rtol=1e-4, atol=1e-4 * np.abs(A.T @ A).max())
+
+
+def _high_leverage_problem(n=3000, d=8, seed=11):
+    """A few rows scaled far out, a block with very unequal column scales, heavy-tailed row norms."""
+    rng = np.random.default_rng(seed)
+    A = rng.standard_normal((n, d))
+    A[:15] *= 50.0
+    A[15:30] = rng.standard_normal((15, d)) * np.logspace(0, 3, d)
+    A *= np.exp(1.5 * rng.standard_normal((n, 1)))
+    y = np.where(rng.standard_normal(n) > 0, 1.0, -1.0)
+    return A, y
+
+
+def test_lewis_default_iterations_converge_on_high_leverage_rows():
+    """Default (convergence test) vs 100 exact numpy steps: every probability within 5 %."""
+    A, y = _high_leverage_problem()
+    n = len(y)
+    ref = _np_lewis(A, 100) + 1.0 / n
+    ref /= ref.sum()
+    key = jax.random.key(0)
+    p = np.asarray(coreset_probabilities(key, A.astype(np.float32), y, "lewis_weights", sketch_size=None,
+                                         jl_dim=None))
+    assert np.max(np.abs(p / ref - 1)) < 0.05
+    pa = np.asarray(coreset_probabilities(key, A.astype(np.float32), y, "augmented_sensitivity",
+                                          sketch_size=None, jl_dim=None))
+    refa = _np_lewis(A, 100) + _np_leverage(A) + 1.0 / n
+    assert np.max(np.abs(pa / (refa / refa.sum()) - 1)) < 0.05
+    # the old fixed 4 plain steps are far off on these rows (what the convergence test fixes)
+    p4 = np.asarray(coreset_probabilities(key, A.astype(np.float32), y, "lewis_weights", sketch_size=None,
+                                          jl_dim=None, num_iters=4))
+    assert np.max(np.abs(p4 / ref - 1)) > 0.1
+
+
+def test_sketched_lewis_default_matches_converged_fixed_sketch():
+    """Sketched default: one CountSketch hash and one JL matrix for every step; compare with 100 numpy
+    steps of that same map (dense CountSketch matrix, same hashes)."""
+    A, y = _high_leverage_problem(n=1200, d=5, seed=12)
+    n, d, sk, jl = len(y), A.shape[1], 64, 20
+    key = jax.random.key(5)
+    X = (A / np.max(np.abs(A))).astype(np.float32)
+    p = np.asarray(coreset_probabilities(key, X, y, "lewis_weights", sketch_size=sk, jl_dim=jl))
+    k_score, _, _ = jax.random.split(key, 3)
+    rand = S._randomness(k_score, "lewis_weights", n, d, jnp.float32,
+                         {"sketch_size": sk, "jl_dim": jl, "lewis_iters": None})
+    assert rand["G_steps"].shape == (1, d, jl)
+    Smat = np.zeros((sk, n))
+    Smat[np.asarray(rand["cs_bucket"]), np.arange(n)] = np.asarray(rand["cs_sign"])
+    G = np.asarray(rand["G_steps"][0], np.float64)
+    Z = y[:, None] * X.astype(np.float64)
+    v = np.ones(n)
+    for _ in range(100):
+        R = np.linalg.qr(Smat @ (Z / np.sqrt(v)[:, None]), mode="r")
+        v = np.sqrt(np.sum((Z @ np.linalg.solve(R, G)) ** 2, 1))
+    s = v + 1.0 / n
+    assert np.max(np.abs(p / (s / s.sum()) - 1)) < 0.05
+
+
+def test_lewis_num_iters_validated():
+    X, y = _problem(50, 3)
+    with pytest.raises(ValueError, match="num_iters"):
+        lewis_weights(jax.random.key(0), X, y, 5, num_iters=0)
+    with pytest.raises(TypeError, match="num_iters"):
+        lewis_weights(jax.random.key(0), X, y, 5, num_iters=2.5)
