@@ -59,11 +59,21 @@ def test_install_cell_installs_from_local_checkout(tmp_path):
     for p in [st, *st.parent.glob(f"setuptools-{setuptools.__version__}.dist-info")]:
         (tools / p.name).symlink_to(p)
     env["PYTHONPATH"] = str(tools)
+    # keep setuptools' build/ and *.egg-info out of the checkout
+    cfg = tmp_path / "setuptools_build.cfg"
+    cfg.write_text(f"[build]\nbuild_base = {tmp_path / 'build'}\n[egg_info]\negg_base = {tmp_path}\n")
+    env["DIST_EXTRA_CONFIG"] = str(cfg)
+
+    def artefacts():
+        return {p.name: p.stat().st_mtime_ns for p in [ROOT / "build", *ROOT.glob("*.egg-info")] if p.exists()}
+
+    before = artefacts()
     env.update(JAXEFF_PIP_SOURCE=str(ROOT), JAXEFF_NOTEBOOK_SIZE="test", PIP_NO_DEPS="1",
                PIP_NO_BUILD_ISOLATION="0", PIP_NO_INDEX="1", PIP_DISABLE_PIP_VERSION_CHECK="1")
     r = subprocess.run([str(py), str(cell)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "SIZE test" in r.stdout
+    assert artefacts() == before, "the install wrote build/ or *.egg-info into the checkout"
     # the dependencies (jax, ...) from this interpreter, after the venv's own site-packages
     (pure,) = {Path(p) for p in subprocess.run(
         [str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
