@@ -49,6 +49,18 @@ class LPStatus(enum.IntEnum):
     def successful(self) -> bool:
         return self is LPStatus.OPTIMAL
 
+    def __str__(self) -> str:
+        """Readable name: ``str(LPStatus.INFEASIBLE) == 'infeasible'``,
+        ``'iteration limit'`` (still an ``IntEnum``: ``int(status)``, ``status == 1`` work)."""
+        return self.name.lower().replace("_", " ")
+
+    def __format__(self, spec: str) -> str:
+        # f"{status}" reads like str(status); numeric specs (f"{status:d}") format the int
+        try:
+            return format(str(self), spec)
+        except ValueError:
+            return int.__format__(int(self), spec)
+
 
 class LPError(RuntimeError):
     """Raised by ``solve_lp(..., throw=True)`` when the status is not OPTIMAL."""

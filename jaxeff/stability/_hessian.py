@@ -106,87 +106,21 @@ class HessianEigenResult(NamedTuple):
     eigenvectors: Any
 
 
-def top_eigenvalues(
-    loss_fn: Callable[..., jax.Array],
-    params: Any,
-    k: int = 1,
-    method: str = "lanczos",
-    *,
-    args: Sequence[Any] = (),
-    key: jax.Array | None = None,
-    num_iters: int | None = None,
-    tol: float = 1e-6,
-) -> HessianEigenResult:
-    r"""The ``k`` largest eigenvalues of the Hessian :math:`\nabla^2 L(w)` without forming it.
+def _power_deflated(mv, p, keys, it, tol, shift=0.0):
+    """Power iteration with deflation on ``B = H + shift I`` for ``len(keys)`` eigenpairs.
 
-    * ``method="lanczos"``: ``num_iters`` (default ``min(p, max(3k, 40))``) Lanczos steps with
-      full re-orthogonalization; the Ritz values of the tridiagonal matrix converge to the
-      extreme eigenvalues; the ``k`` largest (algebraic) are returned.
-    * ``method="power"``: power iteration with deflation
-      :math:`v \leftarrow (H - \sum_{j<i}\lambda_j u_j u_j^T) v/\|\cdot\|`, stopped when the
-      Rayleigh quotient changes by less than ``tol`` (relative) or after ``num_iters``
-      (default 500) steps. It finds the largest eigenvalues in MAGNITUDE (the same as the
-      largest ones for a positive semi-definite Hessian, e.g. at a minimum).
-
-    Args:
-      loss_fn: ``loss_fn(params, *args) -> scalar``.
-      params: the point ``w``.
-      k: number of eigenpairs, ``1 <= k <= p``.
-      method: "lanczos" or "power".
-      args: extra (data) arguments of ``loss_fn``.
-      key: PRNG key for the start vector(s); default ``jax.random.key(0)``.
-      num_iters: iteration budget (see above).
-      tol: power-iteration relative tolerance, in ``[0, 1)``.
-
-    Returns:
-      :class:`HessianEigenResult` (eigenvalues descending, unit eigenvectors as params pytrees).
-      NaN eigenvalues when the Hessian-vector products are not finite.
-
-    Example:
-      >>> import jax.numpy as jnp
-      >>> A = jnp.diag(jnp.arange(1.0, 6.0))
-      >>> top_eigenvalues(lambda w: 0.5 * w @ A @ w, jnp.ones(5), 2).eigenvalues.round(4)
-      Array([5., 4.], dtype=float32)
-
-    References:
-      Lanczos 1950; Yao et al., "PyHessian", arXiv 1912.07145; Ghorbani et al., arXiv 1901.10159.
+    Returns the Rayleigh quotients of the *unshifted* H (list) and the unit vectors (list).
     """
-    check_choice("method", method, ("lanczos", "power"))
-    check_in_range("tol", tol, 0.0, 1.0, high_inclusive=False)
-    flat, unravel, mv = _flat_hvp(loss_fn, params, tuple(args))
-    p = flat.shape[0]
-    if not isinstance(k, int) or k < 1 or k > p:
-        raise ValueError(f"`k` must be an int in [1, {p}] (the number of parameters), got {k!r}.")
-    key = jax.random.key(0) if key is None else key
-    check_key("key", key)
-    if method == "lanczos":
-        it = min(p, max(3 * k, 40)) if num_iters is None else int(num_iters)
-        if it < k or it > p:
-            raise ValueError(f"`num_iters` must be in [k={k}, p={p}] for Lanczos, got {it}.")
-        v0 = jax.random.normal(key, (p,), jnp.float32)
-        a, b, V = lanczos_tridiag(mv, v0, it)
-        evals, evecs = _tridiag_eigh(a, b)
-        # NaN/inf Hessian-vector products are bad data: propagate instead of a plausible 0
-        bad = ~(jnp.all(jnp.isfinite(a)) & jnp.all(jnp.isfinite(b)))
-        evals = jnp.where(bad, jnp.nan, evals)
-        order = jnp.argsort(-evals)[:k]
-        vecs = (evecs[:, order].T @ V)
-        vecs = vecs / jnp.linalg.norm(vecs, axis=1, keepdims=True)
-        return HessianEigenResult(evals[order], jax.vmap(unravel)(vecs.astype(flat.dtype)))
-
-    it = 500 if num_iters is None else int(num_iters)
-    if it < 1:
-        raise ValueError(f"`num_iters` must be >= 1, got {it}.")
-    keys = jax.random.split(key, k)
-    lams, vecs = [], []
-    for i in range(k):
+    shift = jnp.asarray(shift, jnp.float32)
+    lams, mus, vecs = [], [], []
+    for i in range(len(keys)):
         U = jnp.stack(vecs) if vecs else jnp.zeros((0, p), jnp.float32)
-        L = jnp.array(lams, jnp.float32) if lams else jnp.zeros((0,), jnp.float32)
+        M = jnp.stack(mus) if mus else jnp.zeros((0,), jnp.float32)
 
-        def op(x, U=U, L=L):
-            y = mv(x)
+        def op(x, U=U, M=M):
+            y = mv(x) + shift * x
             if U.shape[0]:
-                y = y - U.T @ (L * (U @ x))
+                y = y - U.T @ (M * (U @ x))
             return y
 
         v = jax.random.normal(keys[i], (p,), jnp.float32)
@@ -204,13 +138,124 @@ def top_eigenvalues(
             v = jnp.where(nrm > 0, w / jnp.where(nrm > 0, nrm, 1.0), v)
             return j + 1, v, new_lam, lam
 
-        _, v, lam, _ = jax.lax.while_loop(cond, body, (0, v, jnp.float32(0.0), jnp.float32(jnp.inf)))
-        lam = jnp.vdot(v, op(v))
-        lams.append(lam)
+        _, v, _, _ = jax.lax.while_loop(cond, body, (0, v, jnp.float32(0.0), jnp.float32(jnp.inf)))
+        mu = jnp.vdot(v, op(v))  # eigenvalue of the deflated, shifted operator
+        mus.append(mu)
+        lams.append(jnp.vdot(v, mv(v)))
         vecs.append(v)
-    lam_arr = jnp.stack(lams)
+    return lams, vecs
+
+
+def top_eigenvalues(
+    loss_fn: Callable[..., jax.Array],
+    params: Any,
+    k: int = 1,
+    method: str = "lanczos",
+    *,
+    args: Sequence[Any] = (),
+    key: jax.Array | None = None,
+    num_iters: int | None = None,
+    tol: float = 1e-6,
+    which: str = "largest",
+) -> HessianEigenResult:
+    r"""The ``k`` largest eigenvalues of the Hessian :math:`\nabla^2 L(w)` without forming it.
+
+    ``which`` selects what "largest" means (same meaning for every method):
+
+    * ``"largest"`` (default): the ``k`` algebraically largest eigenvalues
+      :math:`\lambda_1 \ge \dots \ge \lambda_k` -- on an indefinite Hessian (a saddle) negative
+      eigenvalues of large magnitude are *not* returned;
+    * ``"magnitude"``: the ``k`` eigenvalues of largest :math:`|\lambda|` (what plain power
+      iteration converges to), returned ordered by decreasing :math:`|\lambda|`.
+
+    Both coincide for a positive semi-definite Hessian (e.g. at a minimum).
+
+    * ``method="lanczos"``: ``num_iters`` (default ``min(p, max(3k, 40))``) Lanczos steps with
+      full re-orthogonalization; the Ritz values of the tridiagonal matrix converge to the
+      extreme eigenvalues (both ends); the ``k`` selected by ``which`` are returned.
+    * ``method="power"``: power iteration with deflation
+      :math:`v \leftarrow (B - \sum_{j<i}\mu_j u_j u_j^T) v/\|\cdot\|`, stopped when the
+      Rayleigh quotient changes by less than ``tol`` (relative) or after ``num_iters``
+      (default 500) steps per eigenpair. With ``which="magnitude"``, :math:`B = H`. With
+      ``which="largest"``, :math:`B = H + \sigma I` with the shift
+      :math:`\sigma = 1.01\max(0, -\hat\lambda_{\min})`, which makes :math:`B` positive
+      semi-definite so its dominant eigenvalues are :math:`H`'s algebraically largest;
+      :math:`\hat\lambda_{\min}` comes from two preliminary power runs (the dominant
+      eigenvalue :math:`\lambda_d`, then the dominant one of :math:`H - \lambda_d I` when
+      :math:`\lambda_d > 0`), so "largest" costs up to three power runs more than
+      "magnitude" and, when :math:`\sigma > 0`, converges more slowly (ratio
+      :math:`(\lambda_2+\sigma)/(\lambda_1+\sigma)`); use ``which="magnitude"`` for a Hessian
+      known to be PSD. Returned eigenvalues are Rayleigh quotients of :math:`H` itself.
+
+    Args:
+      loss_fn: ``loss_fn(params, *args) -> scalar``.
+      params: the point ``w``.
+      k: number of eigenpairs, ``1 <= k <= p``.
+      method: "lanczos" or "power".
+      args: extra (data) arguments of ``loss_fn``.
+      key: PRNG key for the start vector(s); default ``jax.random.key(0)``.
+      num_iters: iteration budget (see above).
+      tol: power-iteration relative tolerance, in ``[0, 1)``.
+      which: "largest" (default, algebraic) or "magnitude" (largest absolute value).
+
+    Returns:
+      :class:`HessianEigenResult`: eigenvalues descending (``"largest"``) or by decreasing
+      magnitude (``"magnitude"``), unit eigenvectors as params pytrees. NaN eigenvalues when
+      the Hessian-vector products are not finite.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> A = jnp.diag(jnp.arange(1.0, 6.0))
+      >>> top_eigenvalues(lambda w: 0.5 * w @ A @ w, jnp.ones(5), 2).eigenvalues.round(4)
+      Array([5., 4.], dtype=float32)
+
+    References:
+      Lanczos 1950; Yao et al., "PyHessian", arXiv 1912.07145; Ghorbani et al., arXiv 1901.10159.
+    """
+    check_choice("method", method, ("lanczos", "power"))
+    check_choice("which", which, ("largest", "magnitude"))
+    check_in_range("tol", tol, 0.0, 1.0, high_inclusive=False)
+    flat, unravel, mv = _flat_hvp(loss_fn, params, tuple(args))
+    p = flat.shape[0]
+    if not isinstance(k, int) or k < 1 or k > p:
+        raise ValueError(f"`k` must be an int in [1, {p}] (the number of parameters), got {k!r}.")
+    key = jax.random.key(0) if key is None else key
+    check_key("key", key)
+    if method == "lanczos":
+        it = min(p, max(3 * k, 40)) if num_iters is None else int(num_iters)
+        if it < k or it > p:
+            raise ValueError(f"`num_iters` must be in [k={k}, p={p}] for Lanczos, got {it}.")
+        v0 = jax.random.normal(key, (p,), jnp.float32)
+        a, b, V = lanczos_tridiag(mv, v0, it)
+        evals, evecs = _tridiag_eigh(a, b)
+        # NaN/inf Hessian-vector products are bad data: propagate instead of a plausible 0
+        bad = ~(jnp.all(jnp.isfinite(a)) & jnp.all(jnp.isfinite(b)))
+        evals = jnp.where(bad, jnp.nan, evals)
+        order = jnp.argsort(-evals if which == "largest" else -jnp.abs(evals))[:k]
+        vecs = (evecs[:, order].T @ V)
+        vecs = vecs / jnp.linalg.norm(vecs, axis=1, keepdims=True)
+        return HessianEigenResult(evals[order], jax.vmap(unravel)(vecs.astype(flat.dtype)))
+
+    it = 500 if num_iters is None else int(num_iters)
+    if it < 1:
+        raise ValueError(f"`num_iters` must be >= 1, got {it}.")
+    keys = jax.random.split(key, k)
+    if which == "magnitude":
+        lams, vecs = _power_deflated(mv, p, keys, it, tol)
+        lam_arr = jnp.stack(lams)
+        order = jnp.argsort(-jnp.abs(lam_arr))
+    else:
+        kd, km = jax.random.split(jax.random.fold_in(key, 0x5EED))[:2]
+        (lam_d,), _ = _power_deflated(mv, p, kd[None], it, tol)
+        # when lam_d > 0 the dominant eigenvector of H - lam_d I is H's lam_min eigenvector
+        # (its Rayleigh quotient on H, as returned, estimates lam_min); else lam_min = lam_d
+        (lam_lo,), _ = _power_deflated(mv, p, km[None], it, tol, shift=-lam_d)
+        lam_min = jnp.where(lam_d > 0, jnp.minimum(lam_lo, lam_d), lam_d)
+        shift = 1.01 * jnp.maximum(0.0, -lam_min)
+        lams, vecs = _power_deflated(mv, p, keys, it, tol, shift=shift)
+        lam_arr = jnp.stack(lams)
+        order = jnp.argsort(-lam_arr)
     V = jnp.stack(vecs)
-    order = jnp.argsort(-lam_arr)
     return HessianEigenResult(lam_arr[order], jax.vmap(unravel)(V[order].astype(flat.dtype)))
 
 

@@ -212,7 +212,8 @@ def coherence_estimate(
     lam_i = jnp.einsum("ip,ip->i", V, jax.vmap(ex_hvp)(V, data))
 
     mean_loss = lambda x: jnp.mean(jax.vmap(f, in_axes=(None, 0))(x, data))  # noqa: E731
-    lam_h = top_eigenvalues(mean_loss, flat, 1, "power", key=k3, num_iters=max(num_power_iters, 2)).eigenvalues[0]
+    lam_h = top_eigenvalues(mean_loss, flat, 1, "power", key=k3, num_iters=max(num_power_iters, 2),
+                           which="magnitude").eigenvalues[0]
     sigma = jnp.linalg.eigvalsh(S)[-1] / jnp.max(lam_i)
     return CoherenceEstimate(sigma, S, lam_i, lam_h)
 
