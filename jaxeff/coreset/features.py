@@ -7,8 +7,30 @@ S is either a random projection (Gaussian, SRHT, CountSketch: *feature extractio
 column selection (*feature selection*, by rank-k leverage scores of the columns, pivoted QR,
 norms, or uniformly). DDKR'23 bound the forward error :math:`\\lVert\\tilde\\beta - \\beta^*\\rVert`
 for such sketches in terms of how well the range of S captures the top singular subspace of X;
-:func:`fit_sketched_features` reports that error and the loss ratio
-:math:`f(\\tilde\\beta)/f(\\beta^*)`.
+:func:`fit_sketched_features` reports that error, the loss ratio
+:math:`f(\\tilde\\beta)/f(\\beta^*)` and, beside the measured error, the forward-error bound
+(:func:`forward_error_bound`).
+
+Forward-error bound (DKRD'23's argument: λ-strong convexity of the ridge-regularised loss and the
+1/4-Lipschitz derivative of the logistic function; written here for any sketch S [d, k], weights w):
+with :math:`P = SS^+` the orthogonal projector on range(S),
+:math:`\\delta = \\lVert (I-P)\\beta^*\\rVert_2`,
+:math:`\\eta = \\tfrac{\\max_i w_i}{4}\\lVert XS\\rVert_2 \\lVert X(I-P)\\beta^*\\rVert_2
++ \\lambda\\lVert (S^+ - S^\\top)\\beta^*\\rVert_2`,
+
+.. math:: \\lVert\\tilde\\beta - \\beta^*\\rVert_2 \\le
+          \\sqrt{\\delta^2 + \\left(\\lVert S\\rVert_2\\,\\eta/\\lambda\\right)^2}.
+
+Proof: :math:`h(\\gamma) = L(XS\\gamma) + \\tfrac\\lambda2\\lVert\\gamma\\rVert^2` is λ-strongly convex,
+so :math:`\\lVert\\tilde\\gamma-\\gamma_0\\rVert \\le \\lVert\\nabla h(\\gamma_0)\\rVert/\\lambda` at
+:math:`\\gamma_0 = S^+\\beta^*`; with :math:`X^\\top\\nabla L(X\\beta^*) = -\\lambda\\beta^*`,
+:math:`\\nabla h(\\gamma_0) = S^\\top X^\\top(\\nabla L(XP\\beta^*) - \\nabla L(X\\beta^*)) +
+\\lambda(S^+ - S^\\top)\\beta^*`, whose norm is at most η (``∇L`` is (max w/4)-Lipschitz); finally
+:math:`\\tilde\\beta-\\beta^* = S(\\tilde\\gamma-\\gamma_0) - (I-P)\\beta^*`, two orthogonal parts.
+For a selection (or any S with orthonormal columns) :math:`S^+ = S^\\top`, η is the first term alone
+and the bound is DKRD'23's form: the part of β* outside the sketch plus
+:math:`\\lVert XS\\rVert\\lVert X(I-SS^\\top)\\beta^*\\rVert/(4\\lambda)`, i.e. how much of X the sketch misses,
+over λ. It needs ``l2 > 0`` (λ = 0 gives ``inf``) and is evaluated at the fitted β*.
 
 References:
   Dexter, Khanna, Raheel, Drineas, "Feature Space Sketching for Logistic Regression",
@@ -35,6 +57,7 @@ __all__ = [
     "FeatureProjection",
     "FeatureSketchFit",
     "fwht",
+    "forward_error_bound",
 ]
 
 PROJECTIONS = ("gaussian", "srht", "countsketch")
@@ -58,6 +81,8 @@ class FeatureSketchFit(NamedTuple):
       relative_forward_error: forward_error / :math:`\\lVert\\beta^*\\rVert_2`.
       loss_ratio: :math:`f(\\tilde\\beta)/f(\\beta^*)` (>= 1 up to solver tolerance).
       S: the sketch / selection matrix [d, k].
+      forward_error_bound: the bound on ``forward_error`` of :func:`forward_error_bound` (module
+        docstring; ``inf`` when ``l2 == 0``).
     """
 
     beta: jax.Array
@@ -66,6 +91,7 @@ class FeatureSketchFit(NamedTuple):
     relative_forward_error: jax.Array
     loss_ratio: jax.Array
     S: jax.Array
+    forward_error_bound: jax.Array
 
 
 def fwht(a: jax.Array) -> jax.Array:
@@ -205,6 +231,58 @@ def select_features(X: Any, k: int, method: str = "leverage", *, key: Any = None
     return jnp.sort(jax.lax.top_k(jnp.log(jnp.maximum(lev, 1e-30)) + g, k)[1]).astype(jnp.int32)
 
 
+def _spectral_norm(A):
+    """Largest singular value via the eigenvalues of the smaller Gram matrix."""
+    G = A.T @ A if A.shape[0] >= A.shape[1] else A @ A.T
+    return jnp.sqrt(jnp.maximum(jnp.linalg.eigvalsh(G)[-1], 0.0))
+
+
+def forward_error_bound(X: Any, S: Any, beta_star: Any, l2: float, weights: Any = None) -> jax.Array:
+    """Bound on :math:`\\lVert S\\tilde\\gamma - \\beta^*\\rVert_2` for the sketched fit of
+    :func:`fit_sketched_features` (formula and proof in the module docstring):
+    :math:`\\sqrt{\\delta^2 + (\\lVert S\\rVert_2\\eta/\\lambda)^2}` with
+    :math:`\\delta = \\lVert(I-P)\\beta^*\\rVert`,
+    :math:`\\eta = \\tfrac{\\max w}{4}\\lVert XS\\rVert_2\\lVert X(I-P)\\beta^*\\rVert + \\lambda\\lVert(S^+-S^\\top)\\beta^*\\rVert`,
+    :math:`P = SS^+`, λ = ``l2``.
+
+    Args:
+      X: features [n, d]; S: the sketch [d, k]; beta_star: the full-feature ridge optimum [d];
+      l2: the ridge strength λ >= 0 used by both fits (0 gives ``inf``); weights: row weights [n]
+      (default 1).
+
+    Returns:
+      the bound (scalar).
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> X = jnp.eye(3); S = jnp.eye(3)[:, :2]
+      >>> float(forward_error_bound(X, S, jnp.array([0.0, 0.0, 2.0]), 1.0))  # sqrt(2^2 + (1 * 0.25 * 2)^2)
+      2.0615527629852295
+
+    References:
+      Dexter, Khanna, Raheel, Drineas, arXiv 2303.14284.
+    """
+    X = check_X(X)
+    S = jnp.asarray(S, X.dtype)
+    d = X.shape[1]
+    if S.ndim != 2 or S.shape[0] != d:
+        raise ValueError(f"`S` must have shape [d, k] with d = {d} (the columns of X), got {S.shape}.")
+    b = jnp.asarray(beta_star, X.dtype)
+    if b.shape != (d,):
+        raise ValueError(f"`beta_star` must have shape ({d},), got {b.shape}.")
+    l2 = float(l2)
+    if not np.isfinite(l2) or l2 < 0:
+        raise ValueError(f"`l2` must be a finite number >= 0, got {l2!r}.")
+    w_max = jnp.asarray(1.0, X.dtype) if weights is None else jnp.max(jnp.asarray(weights, X.dtype))
+    S_pinv = jnp.linalg.pinv(S)
+    out = b - S @ (S_pinv @ b)  # (I - P) beta*
+    delta = jnp.linalg.norm(out)
+    eta = 0.25 * w_max * _spectral_norm(X @ S) * jnp.linalg.norm(X @ out) + l2 * jnp.linalg.norm((S_pinv - S.T) @ b)
+    if l2 == 0:
+        return jnp.asarray(jnp.inf, X.dtype)
+    return jnp.sqrt(delta ** 2 + (_spectral_norm(S) * eta / l2) ** 2)
+
+
 def fit_sketched_features(
     X: Any,
     y: Any,
@@ -221,7 +299,8 @@ def fit_sketched_features(
 
     :math:`\\tilde\\gamma = \\arg\\min_\\gamma f(XS\\gamma) + \\tfrac{l2}{2}\\lVert\\gamma\\rVert^2`,
     :math:`\\tilde\\beta = S\\tilde\\gamma`; reports :math:`\\lVert\\tilde\\beta-\\beta^*\\rVert_2` and
-    :math:`f(\\tilde\\beta)/f(\\beta^*)` (f with the same ``l2``).
+    :math:`f(\\tilde\\beta)/f(\\beta^*)` (f with the same ``l2``), and the forward-error bound of
+    :func:`forward_error_bound` beside the measured error.
 
     Args:
       X, y: the problem ([n, d], labels in {-1, +1}).
@@ -264,5 +343,6 @@ def fit_sketched_features(
     f_star = _loss(beta_star, X, y, w, l2)
     f_tilde = _loss(beta, X, y, w, l2)
     fe = jnp.linalg.norm(beta - beta_star)
+    bound = forward_error_bound(X, S, beta_star, l2, w)
     return FeatureSketchFit(beta, beta_star, fe, fe / jnp.maximum(jnp.linalg.norm(beta_star), 1e-30),
-                            f_tilde / f_star, S)
+                            f_tilde / f_star, S, bound)

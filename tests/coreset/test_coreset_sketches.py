@@ -176,3 +176,48 @@ def test_fit_sketched_features():
     assert float(r.loss_ratio) >= 1.0 - 1e-6
     fe = np.linalg.norm(np.asarray(r.beta) - np.asarray(r.beta_star))
     assert float(r.forward_error) == pytest.approx(fe, rel=1e-5)
+
+
+def _np_forward_error_bound(X, S, b, lam, w):
+    """The bound of features.forward_error_bound, by hand in float64 numpy (module docstring)."""
+    X, S, b = (np.asarray(a, np.float64) for a in (X, S, b))
+    Sp = np.linalg.pinv(S)
+    out = b - S @ (Sp @ b)
+    eta = np.max(w) / 4 * np.linalg.svd(X @ S, compute_uv=False)[0] * np.linalg.norm(X @ out) \
+        + lam * np.linalg.norm((Sp - S.T) @ b)
+    return np.sqrt(np.linalg.norm(out) ** 2 + (np.linalg.svd(S, compute_uv=False)[0] * eta / lam) ** 2)
+
+
+@pytest.mark.parametrize("l2", [0.3, 3.0])
+def test_feature_sketch_forward_error_below_bound(l2):
+    rng = np.random.default_rng(7)
+    n, d, k = 300, 16, 6
+    X = (rng.standard_normal((n, d)) * np.logspace(0, -1, d)).astype(np.float32)
+    y = np.where(X @ rng.standard_normal(d) + 0.5 * rng.logistic(size=n) > 0, 1.0, -1.0)
+    w = rng.uniform(0.5, 2.0, n)
+    for method in ("gaussian", "srht", "countsketch", "leverage", "pivoted_qr", "norm", "uniform"):
+        r = fit_sketched_features(X, y, k, method=method, key=jax.random.key(2), l2=l2, weights=w)
+        assert 0 < float(r.forward_error) < float(r.forward_error_bound), method
+        ref = _np_forward_error_bound(X, r.S, r.beta_star, l2, w)
+        assert float(r.forward_error_bound) == pytest.approx(ref, rel=1e-4), method
+
+
+def test_forward_error_bound_hand_computation():
+    from jaxeff.coreset.features import forward_error_bound
+
+    # X = I_3, S keeps the first two features, beta* = (0, 0, 2), lambda = 1, unit weights:
+    # delta = |(I-P) beta*| = 2; eta = 1/4 * |XS| (=1) * |X (I-P) beta*| (=2) + 0 = 1/2; |S| = 1
+    b = forward_error_bound(np.eye(3), np.eye(3)[:, :2], np.array([0.0, 0.0, 2.0]), 1.0)
+    assert float(b) == pytest.approx(np.sqrt(4 + 0.25), rel=1e-6)
+    # a non-orthonormal S adds lambda |(S^+ - S^T) beta*|: S = 2 e_1, beta* = (1, 0)
+    # S^+ = e_1^T / 2, S^T = 2 e_1^T -> (1/2 - 2) * 1; P beta* = beta*, delta = 0, X(I-P)beta* = 0
+    # bound = |S| * lambda * 1.5 / lambda = 2 * 1.5 = 3
+    b = forward_error_bound(np.eye(2), np.array([[2.0], [0.0]]), np.array([1.0, 0.0]), 0.5)
+    assert float(b) == pytest.approx(3.0, rel=1e-6)
+    assert np.isinf(float(forward_error_bound(np.eye(2), np.eye(2)[:, :1], np.ones(2), 0.0)))
+    with pytest.raises(ValueError, match="l2"):
+        forward_error_bound(np.eye(2), np.eye(2), np.ones(2), -1.0)
+    with pytest.raises(ValueError, match="S"):
+        forward_error_bound(np.eye(2), np.eye(3), np.ones(2), 1.0)
+    with pytest.raises(ValueError, match="beta_star"):
+        forward_error_bound(np.eye(2), np.eye(2), np.ones(3), 1.0)
