@@ -4,8 +4,11 @@ Cases per format (N float32 elements; N = 1e7 small, 1e8 full):
 
 * ``astype-<fmt>``: plain ``x.astype(dtype)`` (round-to-nearest-even by XLA) -- the baseline;
 * ``nearest-<fmt>``: ``round_to(x, fmt, "nearest")`` (jaxeff's own bit kernel, bit-exact);
-* ``sr-hash-<fmt>``: stochastic rounding with the counter-based hash noise;
-* ``sr-jax-<fmt>``: stochastic rounding with ``jax.random.bits`` noise;
+* ``sr-hash-<fmt>``: stochastic rounding with the counter-based hash noise -- the default of
+  ``round_to`` / ``stochastic_round`` / ``sr_optimizer`` (issue 17; the row times the explicit
+  ``noise="hash"`` and ``sr-default-<fmt>`` checks the default call is the same kernel);
+* ``sr-jax-<fmt>``: stochastic rounding with ``jax.random.bits`` noise (``noise="jax"``, the
+  exact option);
 * ``pychop-np-sr-<fmt>`` / ``pychop-jax-sr-<fmt>``: pychop's stochastic rounding (rmode=5) to the
   same format with its numpy and JAX backends (skipped with a note when pychop is missing).
 
@@ -96,6 +99,12 @@ def run(ctx) -> None:
         rh.metrics["GB_s"] = gbytes / rh.median_s
         rh.metrics["cpu_ms"] = _cpu_ms(sr_hash, x, key)
         rh.metrics["cpu_ratio"] = rh.metrics["cpu_ms"] / cpu_astype
+        sr_default = jax.jit(lambda v, k, fmt=fmt: round_to(v, fmt, "stochastic", key=k))
+        rd = ctx.timeit(f"sr-default-{name}", sr_default, x, key, baseline=f"astype-{name}")
+        rd.metrics["GB_s"] = gbytes / rd.median_s
+        rd.metrics["same_bits_as_hash"] = bool(
+            np.array_equal(np.asarray(sr_default(x, key)).view(np.uint8), np.asarray(sr_hash(x, key)).view(np.uint8))
+        )
         rj = ctx.timeit(f"sr-jax-{name}", sr_jax, x, key, baseline=f"astype-{name}")
         rj.metrics["GB_s"] = gbytes / rj.median_s
         rj.metrics["cpu_ms"] = _cpu_ms(sr_jax, x, key, repeats=3)

@@ -303,6 +303,10 @@ def round_to(
     """
     check_choice("mode", mode, ROUNDING_MODES)
     fmt = float_format(fmt)
+    if x is None:
+        raise ValueError("`x` must be a floating array, got None.")
+    if noise is None or not (isinstance(noise, str) or hasattr(noise, "dtype")):
+        raise ValueError(f"`noise` must be one of {NOISE_SOURCES} or a uint32 array of x's shape, got {noise!r}.")
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
         raise ValueError(f"`x` must have a floating dtype, got {x.dtype}.")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
@@ -212,8 +213,16 @@ def top_eigenvalues(
     References:
       Lanczos 1950; Yao et al., "PyHessian", arXiv 1912.07145; Ghorbani et al., arXiv 1901.10159.
     """
+    if not callable(loss_fn):
+        raise TypeError(f"`loss_fn` must be a callable loss_fn(params, *args) -> scalar, got {type(loss_fn).__name__}.")
+    if params is None or not jax.tree_util.tree_leaves(params):
+        raise ValueError(f"`params` must be an array or a pytree with at least one array leaf, got {params!r}.")
     check_choice("method", method, ("lanczos", "power"))
     check_choice("which", which, ("largest", "magnitude"))
+    if num_iters is not None and (isinstance(num_iters, bool) or not isinstance(num_iters, numbers.Integral)):
+        raise ValueError(f"`num_iters` must be None or an integer >= 1, got {num_iters!r}.")
+    if isinstance(tol, bool) or not isinstance(tol, numbers.Real):
+        raise ValueError(f"`tol` must be a number in [0, 1), got {tol!r}.")
     check_in_range("tol", tol, 0.0, 1.0, high_inclusive=False)
     flat, unravel, mv = _flat_hvp(loss_fn, params, tuple(args))
     p = flat.shape[0]

@@ -167,3 +167,10 @@ def test_sr_optimizer_default_hash_trains_unbiased():
     se = np.sqrt(8 * (2.0**-7) ** 2 / 4 / w.size)
     assert abs(w.mean() - (1 + 2.0**-7)) < 6 * se
     assert np.unique(w).size > 1  # it is stochastic, not a deterministic cast
+
+
+def test_none_arguments_named():
+    with pytest.raises(ValueError, match="`x`"):
+        round_to(None, BF16, "stochastic", key=jax.random.key(0))
+    with pytest.raises(ValueError, match="`noise`"):
+        round_to(jnp.ones(3), BF16, "stochastic", key=jax.random.key(0), noise=None)

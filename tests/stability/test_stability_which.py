@@ -73,3 +73,14 @@ def test_which_validated(bad):
     loss, _ = _quad([1.0, 2.0])
     with pytest.raises(ValueError, match="`which`"):
         top_eigenvalues(loss, jnp.zeros(2), 1, which=bad)
+
+
+@pytest.mark.parametrize("kw,name", [(dict(loss_fn=None), "loss_fn"), (dict(params=None), "params"),
+                                     (dict(num_iters=2.5), "num_iters"), (dict(tol=None), "tol"),
+                                     (dict(tol="1e-6"), "tol")])
+def test_bad_arguments_named(kw, name):
+    loss, _ = _quad([1.0, 2.0])
+    args = dict(loss_fn=loss, params=jnp.zeros(2), k=1)
+    args.update(kw)
+    with pytest.raises((ValueError, TypeError), match=f"`{name}`"):
+        top_eigenvalues(**args)
