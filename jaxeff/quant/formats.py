@@ -55,6 +55,16 @@ class QFormat:
     bits: int
     signed: bool = True
 
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"`name` must be a non-empty string, got {self.name!r}.")
+        if self.kind not in ("int", "float", "codebook"):
+            raise ValueError(f"`kind` must be one of ['int', 'float', 'codebook'], got {self.kind!r}.")
+        if isinstance(self.bits, bool) or not isinstance(self.bits, (int, np.integer)) or not 2 <= self.bits <= 8:
+            raise ValueError(f"`bits` must be an int in [2, 8], got {self.bits!r}.")
+        if self.kind != "int" and self.bits != {"float": 8, "codebook": 4}[self.kind]:
+            raise ValueError(f"`bits` must be {8 if self.kind == 'float' else 4} for kind {self.kind!r}, got {self.bits}.")
+
     @property
     def is_int(self) -> bool:
         return self.kind == "int"

@@ -155,6 +155,12 @@ def unpack_int(packed: jax.Array, fmt: FormatLike, n: int) -> jax.Array:
     """
     f = get_qformat(fmt)
     k, cb = f.values_per_byte, f.container_bits
+    packed = jnp.asarray(packed)
+    if packed.dtype != jnp.uint8 or packed.ndim < 1:
+        raise ValueError(f"`packed` must be a uint8 array of rank >= 1 (from pack_int), got {packed.dtype}{packed.shape}.")
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 0 < n <= packed.shape[-1] * k:
+        raise ValueError(f"`n` must be an int in [1, {packed.shape[-1] * k}] (codes held by the last axis of "
+                         f"`packed`), got {n!r}.")
     mask = jnp.uint8((1 << cb) - 1)
     parts = [(packed >> jnp.uint8(i * cb)) & mask for i in range(k)]
     u = jnp.stack(parts, axis=-1).reshape(packed.shape[:-1] + (packed.shape[-1] * k,))[..., :n]

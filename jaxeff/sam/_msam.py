@@ -202,7 +202,8 @@ def msam_gradient(
       Foret et al., arXiv 2010.01412 (SAM); Kwon et al., arXiv 2102.11600 (ASAM).
     """
     check_in_range("rho", rho, 0.0, None)
-    check_in_range("eps", eps, 0.0, None)
+    check_in_range("eps", eps, 0.0, None)  # 0 allowed: matches optax.contrib.sam exactly
+    check_in_range("asam_eta", asam_eta, 0.0, None)
     check_choice("mode", mode, ("vmap", "scan"))
     if not isinstance(num_microbatches, int) or num_microbatches < 1:
         raise ValueError(f"`num_microbatches` must be a positive int, got {num_microbatches!r}.")
@@ -332,7 +333,7 @@ def msam(
       Foret et al., arXiv 2010.01412; Kwon et al., arXiv 2102.11600.
     """
     check_in_range("rho", rho, 0.0, None)
-    check_in_range("eps", eps, 0.0, None)
+    check_in_range("eps", eps, 0.0, None)  # 0 allowed: matches optax.contrib.sam exactly
     check_in_range("asam_eta", asam_eta, 0.0, None)
     check_choice("mode", mode, ("vmap", "scan"))
     if not isinstance(num_microbatches, int) or isinstance(num_microbatches, bool) or num_microbatches < 1:
