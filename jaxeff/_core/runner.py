@@ -90,7 +90,9 @@ def suites_dir() -> Path:
 
 def discover_suites(directory: Path | None = None) -> dict[str, Path]:
     d = directory or suites_dir()
-    return {p.stem: p for p in sorted(d.glob("*.py")) if not p.name.startswith("_")}
+    # a suite defines run(ctx); other scripts in benchmarks/ (accelerator_check.py) are not suites
+    return {p.stem: p for p in sorted(d.glob("*.py"))
+            if not p.name.startswith("_") and "\ndef run(" in p.read_text()}
 
 
 def _load(name: str, path: Path):
