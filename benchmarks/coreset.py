@@ -140,7 +140,8 @@ def _sampling_time(ctx):
         base = f"{tag}/sklearn-fit"
         ctx.record(base, median_s=float(np.median(times)), metrics={"n": n, "d": d, "solver": "lbfgs", "n_iter": iters},
                    note="scikit-learn LogisticRegression (lbfgs, default tol), full data")
-        Xj, yj = jnp.asarray(X), jnp.asarray(y)
+        # rows over the topology's data axis (one device: unchanged)
+        Xj, yj = ctx.shard_rows(jnp.asarray(X)), ctx.shard_rows(jnp.asarray(y))
         ctx.timeit(f"{tag}/fit_logistic", lambda X, y: fit_logistic(X, y).beta, Xj, yj, baseline=base,
                    memory=False, metrics={"n": n, "d": d})
         for name, fn in CORESET_SAMPLERS.items():

@@ -67,7 +67,9 @@ def run(ctx) -> None:
     d, k = 256, 20
     seeds = list(range(3))  # cost averaged over these seeds; jaxeff times: ctx.repeats warm calls
     Xn = _planted(n, d, k)
-    X = jnp.asarray(Xn)
+    # rows over the topology's data axis (--config cpu-8 / gpu-8 / v5e-8; one device: unchanged)
+    X = ctx.shard_rows(jnp.asarray(Xn, ctx.compute_dtype if ctx.compute_dtype != jnp.float16 else jnp.float32))
+    Xn = Xn[: X.shape[0]]
     max_iter, tol = 100, 1e-4
 
     # ---- scikit-learn KMeans / MiniBatchKMeans -------------------------------------------

@@ -122,6 +122,41 @@ class BenchContext:
         self.repeats = repeats if repeats is not None else (3 if size == "small" else 7)
         self.results: list[BenchResult] = []
         self._progress = progress
+        raw = getattr(config, "raw", None) or {}
+        mesh_cfg = raw.get("mesh", {})
+        axes = tuple(getattr(mesh, "axis_names", ()) or ())
+        #: mesh axis batches / data rows are split over, and the one parameters are sharded over
+        self.data_axis = mesh_cfg.get("data_axis", axes[0] if axes else None)
+        self.model_axis = mesh_cfg.get("model_axis")
+        self.shard_params = bool(raw.get("shard_params", False))
+        dt = raw.get("dtypes", {})
+        #: parameter storage and compute dtypes of the topology config (float32 without one)
+        self.param_dtype = jax.numpy.dtype(dt.get("params", "float32"))
+        self.compute_dtype = jax.numpy.dtype(dt.get("compute", "float32"))
+        #: examples per device per step, and per step over the data axis
+        self.per_device_batch = int(raw.get("batch", {}).get("per_device", 8))
+        n_data = int(mesh.shape[self.data_axis]) if mesh is not None and self.data_axis in axes else 1
+        self.global_batch = self.per_device_batch * n_data
+
+    @property
+    def sharded(self) -> bool:
+        """True when the topology's mesh has more than one device."""
+        return self.mesh is not None and self.mesh.size > 1
+
+    def shard_rows(self, x: Any) -> Any:
+        """Place the leading (row) axis of ``x`` over the data axis of the mesh (no-op on one device).
+
+        Rows are trimmed to a multiple of the data-axis size so every device holds an equal share.
+        """
+        if not self.sharded:
+            return x
+        from jax.sharding import NamedSharding, PartitionSpec
+
+        n = int(self.mesh.shape[self.data_axis])
+        x = jax.numpy.asarray(x)
+        x = x[: (x.shape[0] // n) * n]
+        spec = PartitionSpec(self.data_axis, *([None] * (x.ndim - 1)))
+        return jax.device_put(x, NamedSharding(self.mesh, spec))
 
     @property
     def small(self) -> bool:
