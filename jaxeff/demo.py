@@ -208,12 +208,32 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
 # ------------------------------------------------------------------------------------------
 # the pipeline
 # ------------------------------------------------------------------------------------------
+def demo_batch_size(size: str, config: Any = None, mesh: Any = None) -> int:
+    """Global training batch of the demo: the size preset's, or with a topology ``config``
+    ``batch.per_device`` x the size of the mesh's ``mesh.data_axis`` (issue 20.3)."""
+    if size not in DEMO_SIZES:
+        raise ValueError(f"`size` must be one of {list(DEMO_SIZES)}, got {size!r}")
+    if config is None:
+        return DEMO_SIZES[size].batch_size
+    per = int(config.raw["batch"]["per_device"])
+    axis = config.raw["mesh"]["data_axis"]
+    n = int(mesh.shape[axis]) if mesh is not None and axis in mesh.axis_names else 1
+    return per * n
+
+
 def run_demo(size: str = "small", *, out: str | Path = "demo_results", mesh: Any = None, progress: bool = True,
-             seed: int = 0, config_name: str | None = None) -> dict[str, Any]:
-    """Run the whole pipeline; returns (and writes) the results dictionary."""
+             seed: int = 0, config_name: str | None = None, config: Any = None) -> dict[str, Any]:
+    """Run the whole pipeline; returns (and writes) the results dictionary.
+
+    ``config`` (a :class:`jaxeff._core.config.TopologyConfig`, as ``jaxeff demo --config`` passes)
+    sets the global training batch to ``batch.per_device`` x the data-axis size.
+    """
     if size not in DEMO_SIZES:
         raise ValueError(f"`size` must be one of {list(DEMO_SIZES)}, got {size!r}")
     sz = DEMO_SIZES[size]
+    if config is not None:
+        sz = dataclasses.replace(sz, batch_size=demo_batch_size(size, config, mesh))
+        config_name = config_name or config.raw["name"]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
@@ -295,7 +315,7 @@ def run_demo(size: str = "small", *, out: str | Path = "demo_results", mesh: Any
         "int8_within_1pct": by["pruned+re-KD int8"]["ppl"] <= 1.01 * float_row["ppl"],
     }
     result = {
-        "size": size, "config": config_name or "base", "devices": int(jax.device_count()) if mesh is None else int(mesh.size),
+        "size": size, "config": config_name or "base", "batch_size": sz.batch_size, "devices": int(jax.device_count()) if mesh is None else int(mesh.size),
         "backend": jax.default_backend(), "seconds_total": time.perf_counter() - t_start, "stage_seconds": timings,
         "prune": prune_info, "checks": checks, "rows": rows,
     }
@@ -313,12 +333,14 @@ def main(args: Any) -> int:
     """Entry for ``jaxeff demo`` (arguments parsed by :mod:`jaxeff.cli`)."""
     mesh = None
     config_name = getattr(args, "config", None)
+    cfg = None
     if config_name is not None:
         from jaxeff._core.config import load_config, setup_devices
 
-        mesh = setup_devices(load_config(config_name, getattr(args, "overrides", [])))
+        cfg = load_config(config_name, getattr(args, "overrides", []))
+        mesh = setup_devices(cfg)
     res = run_demo(args.size, out=args.out, mesh=mesh, progress=not getattr(args, "no_progress", False),
-                   config_name=config_name)
+                   config_name=config_name, config=cfg)
     print()
     print(_table(res["rows"]))
     print()

@@ -58,3 +58,15 @@ def test_default_demo_student_is_4_to_8x_smaller():
         t = param_count(nnx.eval_shape(lambda: CharLM(sz.teacher, rngs=nnx.Rngs(0))))
         s = param_count(nnx.eval_shape(lambda: CharLM(sz.student, rngs=nnx.Rngs(0))))
         assert 4 <= t / s <= 8.5, (size, t / s)
+
+
+def test_demo_batch_follows_config(mesh8):
+    # issue 20.3: batch.per_device x data-axis size is the demo's global batch under --config
+    from jaxeff._core.config import load_config
+    from jaxeff.demo import DEMO_SIZES, demo_batch_size
+
+    assert demo_batch_size("tiny") == DEMO_SIZES["tiny"].batch_size
+    assert demo_batch_size("tiny", load_config("cpu-8"), mesh8) == 4 * 8
+    assert demo_batch_size("tiny", load_config("cpu-8", ["batch.per_device=2"]), mesh8) == 16
+    with pytest.raises(ValueError, match="`size`"):
+        demo_batch_size("huge")
