@@ -49,8 +49,8 @@ def sr_apply_updates(key: jax.Array, params: Any, updates: Any, fmt: Any = "bf16
       key: ``jax.random.key``.
       params, updates: pytrees with the same structure.
       fmt: a :class:`FloatFormat` or preset name (default ``"bf16"``).
-      noise: ``"hash"`` (default: counter-based words, ~1.1-1.5x a cast on CPU, statistics
-        tested) or ``"jax"`` (``jax.random.bits``, the exact but ~30x slower option); see
+      noise: ``"hash"`` (default: counter-based words, ~1-2x a cast on CPU, statistics
+        tested) or ``"jax"`` (``jax.random.bits``, the exact but ~17-48x slower option); see
         :func:`round_to`.
 
     Returns:
