@@ -385,7 +385,18 @@ def capture_linear_inputs(model: CharLM, tokens: jax.Array) -> dict[str, jax.Arr
 
     Paths are ``blocks.{i}.attn.{q,k,v,o}``, ``blocks.{i}.mlp.{up,down}`` and ``head``. Runs the
     forward pass eagerly (not under jit) once.
+
+    Any other NNX model called as ``model(tokens)`` (e.g. :class:`~jaxeff.models.LlamaForCausalLM`,
+    tunix models need more arguments: use ``jaxeff._core.layers.capture_inputs``) gets the generic
+    capture of every weight site it multiplies (``nnx.Linear``, ``LinearGeneral``, ``Einsum``,
+    einsum-style layers): ``{module path: [N, K]}`` in each weight's matrix layout.
     """
+    if not isinstance(model, CharLM):
+        if not isinstance(model, nnx.Module):
+            raise TypeError(f"capture_linear_inputs: model must be an nnx.Module, got {type(model).__name__}.")
+        from jaxeff._core.layers import capture_inputs
+
+        return capture_inputs(model, jnp.asarray(tokens))
     global _CAPTURE
     prev, _CAPTURE = _CAPTURE, {}
     try:

@@ -83,3 +83,25 @@ def test_sparsify_around_msam_keeps_sparsegpt_masks_on_llama():
             mk = np.asarray(masks["model"]["layers"][i][blk][name]["kernel"])
             assert np.all(w[~mk] == 0) and np.mean(w == 0) == pytest.approx(0.5)
             assert np.any(w[mk] != np.asarray(getattr(getattr(model.model.layers[i], blk), name).kernel[...])[mk])
+
+
+def test_capture_linear_inputs_on_the_llama_family_by_hand():
+    from jaxeff.models import capture_linear_inputs
+
+    model, toks = _model(), _toks()
+    x = toks[:, :-1]
+    cap = capture_linear_inputs(model, x)
+    assert len(cap) == 2 * 7 + 1
+    h = model.hidden_states(x).reshape(-1, CFG["hidden_size"])  # lm_head's input: the final-norm output
+    np.testing.assert_allclose(np.asarray(cap["lm_head"]), np.asarray(h), rtol=1e-6, atol=1e-6)
+    # layer 0's q/k/v input: input_layernorm(embed(tokens)); down_proj's: silu(gate(u)) * up(u)
+    lyr = model.model.layers[0]
+    u = lyr.input_layernorm(model.model.embed_tokens(x)).reshape(-1, CFG["hidden_size"])
+    np.testing.assert_allclose(np.asarray(cap["model.layers.0.self_attn.k_proj"]), np.asarray(u), rtol=1e-6, atol=1e-6)
+    v = np.asarray(cap["model.layers.1.mlp.gate_proj"])
+    l1 = model.model.layers[1].mlp
+    np.testing.assert_allclose(np.asarray(cap["model.layers.1.mlp.down_proj"]),
+                               np.asarray(jax.nn.silu(l1.gate_proj(jnp.asarray(v))) * l1.up_proj(jnp.asarray(v))),
+                               rtol=1e-5, atol=1e-6)
+    with pytest.raises(TypeError, match="model must be an nnx.Module"):
+        capture_linear_inputs(object(), x)
