@@ -46,7 +46,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jax.sharding import NamedSharding, PartitionSpec as P
+
 from jaxeff._core import check_choice, check_in_range, check_key
+from jaxeff._core.sharding import _is_explicit, place, row_mesh_axis
 from jaxeff.coreset._common import check_X, check_Xy
 from jaxeff.coreset.logistic import _loss, fit_logistic
 
@@ -223,6 +226,9 @@ def select_features(X: Any, k: int, method: str = "leverage", *, key: Any = None
         return jnp.sort(jax.random.choice(key, d, (k,), replace=False)).astype(jnp.int32)
     r = min(k, n, d) if rank is None else int(rank)
     check_in_range("rank", r, 1, min(n, d))
+    mesh, _ = row_mesh_axis(X)
+    if mesh is not None and _is_explicit(mesh):
+        X = place(X, mesh, P())  # the SVD needs unsharded rows on an Explicit mesh (sharding in types)
     _, _, Vt = jnp.linalg.svd(X, full_matrices=False)
     lev = jnp.sum(Vt[:r] ** 2, axis=0)
     if method == "leverage":
@@ -233,7 +239,12 @@ def select_features(X: Any, k: int, method: str = "leverage", *, key: Any = None
 
 def _spectral_norm(A):
     """Largest singular value via the eigenvalues of the smaller Gram matrix."""
-    G = A.T @ A if A.shape[0] >= A.shape[1] else A @ A.T
+    mesh, _ = row_mesh_axis(A)
+    if mesh is not None and _is_explicit(mesh):  # rows sharded in the type: say where the Gram goes
+        A = place(A, mesh, P()) if A.shape[0] < A.shape[1] else A
+        G = jnp.matmul(A.T, A, out_sharding=NamedSharding(mesh, P())) if A.shape[0] >= A.shape[1] else A @ A.T
+    else:
+        G = A.T @ A if A.shape[0] >= A.shape[1] else A @ A.T
     return jnp.sqrt(jnp.maximum(jnp.linalg.eigvalsh(G)[-1], 0.0))
 
 

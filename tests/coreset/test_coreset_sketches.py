@@ -221,3 +221,21 @@ def test_forward_error_bound_hand_computation():
         forward_error_bound(np.eye(2), np.eye(3), np.ones(2), 1.0)
     with pytest.raises(ValueError, match="beta_star"):
         forward_error_bound(np.eye(2), np.eye(2), np.ones(3), 1.0)
+
+
+def test_feature_sketching_on_sharded_rows(mesh8_kind):
+    """Rows split over an Auto or Explicit 8-device mesh: same selection, projection, fit and bound."""
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    rng = np.random.default_rng(9)
+    X = rng.standard_normal((256, 12)).astype(np.float32)
+    y = np.where(X[:, 0] - X[:, 2] + rng.logistic(size=256) > 0, 1.0, -1.0).astype(np.float32)
+    Xs, ys = (jax.device_put(jnp.asarray(a), NamedSharding(mesh8_kind, P("data"))) for a in (X, y))
+    np.testing.assert_array_equal(np.asarray(select_features(Xs, 4, "leverage")), np.asarray(select_features(X, 4)))
+    key = jax.random.key(3)
+    np.testing.assert_allclose(np.asarray(project_features(key, Xs, 4, "srht").X_sketch),
+                               np.asarray(project_features(key, X, 4, "srht").X_sketch), rtol=1e-4, atol=1e-4)
+    ref = fit_sketched_features(X, y, 5, method="leverage", l2=0.5)
+    got = fit_sketched_features(Xs, ys, 5, method="leverage", l2=0.5)
+    np.testing.assert_allclose(np.asarray(got.beta), np.asarray(ref.beta), rtol=1e-3, atol=1e-4)
+    assert float(got.forward_error_bound) == pytest.approx(float(ref.forward_error_bound), rel=1e-3)
