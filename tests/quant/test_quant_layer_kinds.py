@@ -201,6 +201,25 @@ def test_gptq_on_einsum_equals_gptq_by_hand_on_matrix_and_captured_inputs():
     assert e(qm) < e(quantize_model(model, QuantRule(weight_fmt="int4", group_size=8)))
 
 
+def test_quantease_on_einsum_layers_equals_quantease_by_hand():
+    from jaxeff.quant import quantease
+
+    model = _calib_model()
+    x = jax.random.normal(jax.random.key(0), (4, 8, 16))
+    rule = QuantRule(weight_fmt="int4", group_size=8, method="quantease", method_kwargs={"num_iters": 4})
+    qm = quantize_model(model, rule, example_inputs=(x,))
+    cap = capture_inputs(model, x)
+    for path in ("q", "o", "mlp"):
+        site = getattr(qm, path).site
+        w = getattr(model, path)
+        w = (w.w if path == "o" else w.kernel)[...]
+        ref = quantease(site.matrix(w), x=cap[path], fmt="int4", group_size=8, num_iters=4)
+        np.testing.assert_array_equal(np.asarray(getattr(qm, path).qarray.qvalue), np.asarray(ref.qvalue))
+    y = model(x)
+    e = lambda m: float(jnp.linalg.norm(m(x) - y))
+    assert e(qm) < e(quantize_model(model, QuantRule(weight_fmt="int4", group_size=8)))
+
+
 def test_sequential_calibration_uses_the_quantized_prefix():
     model = _calib_model()
     x = jax.random.normal(jax.random.key(0), (4, 8, 16))
