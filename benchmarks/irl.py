@@ -167,7 +167,9 @@ def _timings(ctx):
         basis = TensorBasis([CosineBasis(d, P.min_position, P.max_position), CosineBasis(d, -P.max_speed, P.max_speed)],
                             degree=d - 1, truncation="full")
         k = basis.num_features
-        est = lambda key, basis=basis: estimate_transition_operator(basis, sampler, 3, n, key)
+        # samples split over the topology's data axis (--config cpu-8 etc.; one device: mesh=None)
+        shard = dict(mesh=ctx.mesh, axis=ctx.data_axis) if ctx.sharded else {}
+        est = lambda key, basis=basis: estimate_transition_operator(basis, sampler, 3, n, key, **shard)
         ctx.timeit(f"estimate/k={k}", est, jax.random.key(0), memory=False, metrics={"k": k, "n": n})
         if k <= ctx.pick(64, 144):
             t0 = time.perf_counter()
