@@ -1,4 +1,5 @@
-"""The ``jaxeff`` command: ``info``, ``bench`` (benchmark runner) and ``demo``."""
+"""The ``jaxeff`` command: ``info``, ``bench`` (benchmark runner), ``demo``, ``compress`` (recipes) and
+``distill-cache`` (offline teacher logits)."""
 from __future__ import annotations
 
 import argparse
@@ -101,6 +102,54 @@ def cmd_demo(args) -> int:
     return demo_main(args)
 
 
+def cmd_compress(args) -> int:
+    """``jaxeff compress RECIPE.yaml [key=value ...] [--config TOPOLOGY] [--out DIR]``: key=value
+    words override the recipe (``stages.0.distill.steps=10``); ``topology.KEY=value`` words
+    override the topology config (``topology.batch.per_device=4``)."""
+    from jaxeff._core.config import apply_cpu_simulation, load_config, setup_devices
+
+    topo_over = [w[len("topology."):] for w in args.overrides if w.startswith("topology.")]
+    recipe_over = [w for w in args.overrides if not w.startswith("topology.")]
+    cfg = None
+    mesh = None
+    if args.config is not None or topo_over:
+        cfg = load_config(args.config, topo_over)
+        apply_cpu_simulation(cfg)
+        try:
+            mesh = setup_devices(cfg)
+        except RuntimeError as e:
+            print(f"jaxeff compress: {e}", file=sys.stderr)
+            return 2
+    from jaxeff.compress import run_recipe
+
+    out = Path(args.out) if args.out else Path("compress_results") / Path(args.recipe).stem
+    rows = run_recipe(args.recipe, out, overrides=recipe_over, mesh=mesh, topology=cfg,
+                      progress=not args.no_progress)
+    print((out / "results.md").read_text())
+    print(f"wrote: {out / 'results.json'}, {out / 'results.md'}, {out / 'size_vs_quality.png'} ({len(rows)} rows)")
+    return 0
+
+
+def cmd_distill_cache(args) -> int:
+    """``jaxeff distill-cache TEACHER_DIR DATA --out STORE [--k K] [--seq-len L] ...``."""
+    from jaxeff.compress import load_corpus
+    from jaxeff.distill.logit_store import build_teacher_logit_store
+    from jaxeff.models import from_pretrained
+
+    teacher = from_pretrained(args.teacher)
+    data = {"path": args.data, "seq_len": args.seq_len, "val_fraction": 0.1, "max_tokens": args.max_tokens,
+            "tokenizer": "auto"}
+    if not Path(args.data).exists():
+        raise ValueError(f"`data` {args.data} does not exist.")
+    train, _, _ = load_corpus(data, args.teacher, teacher.config.vocab_size)
+    st = build_teacher_logit_store(lambda t: teacher(t), train, args.out, k=args.k, temperature=args.temperature,
+                                   value_dtype=args.dtype, batch_size=args.batch_size, teacher_name=str(args.teacher),
+                                   resume=args.resume, progress=not args.no_progress)
+    print(f"wrote {len(st)} sequences x {st.seq_len} tokens, top-{st.k} at T={st.temperature}: "
+          f"{st.bytes_per_token} bytes/token, to {st.path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="jaxeff", description="jaxeff: efficient ML in JAX")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -121,6 +170,27 @@ def build_parser() -> argparse.ArgumentParser:
     pd.add_argument("--no-progress", action="store_true")
     _config_args(pd)
     pd.set_defaults(func=cmd_demo)
+    pc = sub.add_parser("compress", help="run a compression recipe (distill -> prune -> re-distill -> quantize -> export)")
+    pc.add_argument("recipe", help="recipe YAML file")
+    pc.add_argument("overrides", nargs="*", default=[], metavar="key=value",
+                    help="recipe overrides (stages.0.distill.steps=10); topology.KEY=value for the topology config")
+    pc.add_argument("--config", default=None, help="topology config (tpu_configs/), e.g. cpu-8")
+    pc.add_argument("--out", default=None, help="output directory (default: compress_results/<recipe name>)")
+    pc.add_argument("--no-progress", action="store_true")
+    pc.set_defaults(func=cmd_compress)
+    pk = sub.add_parser("distill-cache", help="run a teacher once over data and store its top-k log-probs")
+    pk.add_argument("teacher", help="teacher checkpoint directory")
+    pk.add_argument("data", help="text/jsonl file or directory (tokenized with the teacher's tokenizer.json or bytes)")
+    pk.add_argument("--out", required=True, help="store directory")
+    pk.add_argument("--k", type=int, default=64)
+    pk.add_argument("--temperature", type=float, default=1.0)
+    pk.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
+    pk.add_argument("--seq-len", type=int, default=256)
+    pk.add_argument("--max-tokens", type=int, default=None)
+    pk.add_argument("--batch-size", type=int, default=8)
+    pk.add_argument("--resume", action="store_true")
+    pk.add_argument("--no-progress", action="store_true")
+    pk.set_defaults(func=cmd_distill_cache, overrides=[])
     return p
 
 

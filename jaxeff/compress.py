@@ -398,18 +398,59 @@ def _llama_config(d: Mapping[str, Any]):
         raise RecipeError(f"recipe model config: {e}") from None
 
 
-def _build_model(spec: Mapping[str, Any], role: str, teacher_cfg: dict | None, mesh):
-    from jaxeff.models import from_pretrained, random_init
+@dataclasses.dataclass(frozen=True)
+class _Placement:
+    """Where models and batches live: the mesh, its data / model axes, and the dtypes."""
 
-    from jaxeff.models import shard_model
+    mesh: Any = None
+    data_axis: str = "data"
+    model_axis: str | None = None
+    param_dtype: Any = None
+    compute_dtype: Any = None
+
+    @classmethod
+    def from_topology(cls, topology: Any, mesh: Any) -> "_Placement":
+        if topology is None:
+            return cls(mesh=mesh)
+        raw = topology.raw if hasattr(topology, "raw") else dict(topology)
+        m = raw["mesh"]
+        dt = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+        model_axis = m.get("model_axis") if raw.get("shard_params") else None
+        return cls(mesh=mesh, data_axis=m.get("data_axis") or "data", model_axis=model_axis,
+                   param_dtype=dt[raw["dtypes"]["params"]], compute_dtype=dt[raw["dtypes"]["compute"]])
+
+    def load(self, path):
+        from jaxeff.models import from_pretrained
+
+        return from_pretrained(path, dtype=self.compute_dtype, param_dtype=self.param_dtype, mesh=self.mesh,
+                               model_axis=self.model_axis)
+
+    def place(self, model):
+        from jaxeff.models import shard_model
+
+        if self.mesh is None:
+            return model
+        return shard_model(model, self.mesh, model_axis=self.model_axis,
+                           data_axis=self.data_axis if self.data_axis in self.mesh.shape else None)
+
+    def rows(self, x):
+        mesh, ax = self.mesh, self.data_axis
+        if mesh is None or ax not in mesh.shape or x.shape[0] % mesh.shape[ax]:
+            return jnp.asarray(x)
+        return jax.device_put(jnp.asarray(x), jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(ax)))
+
+
+def _build_model(spec: Mapping[str, Any], role: str, teacher_cfg: dict | None, where: _Placement):
+    from jaxeff.models import random_init
 
     if spec["checkpoint"] is not None:
-        return from_pretrained(spec["checkpoint"], mesh=mesh)
+        return where.load(spec["checkpoint"])
     cfg = dict(teacher_cfg or {})
     cfg.pop("architectures", None)
     cfg.update(spec["config"])
-    model = random_init(_llama_config(cfg), spec["init_seed"])
-    return model if mesh is None else shard_model(model, mesh)
+    model = random_init(_llama_config(cfg), spec["init_seed"], dtype=where.compute_dtype,
+                        param_dtype=where.param_dtype or jnp.float32)
+    return where.place(model)
 
 
 def _schedule(s: Mapping[str, Any]):
@@ -429,19 +470,13 @@ def _optimizer(s: Mapping[str, Any]):
     return base
 
 
-def _shard_rows(x, mesh):
-    if mesh is None or "data" not in mesh.shape or x.shape[0] % mesh.shape["data"]:
-        return jnp.asarray(x)
-    return jax.device_put(jnp.asarray(x), jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
-
-
 def _lm_loss(m, toks):
     h = m.hidden_states(toks[:, :-1])
     logits = (h @ m.lm_head_kernel()).astype(jnp.float32)
     return optax.softmax_cross_entropy_with_integer_labels(logits, toks[:, 1:]).mean()
 
 
-def _train(model, train, s, loss, mesh, progress, desc, extra=None):
+def _train(model, train, s, loss, where, progress, desc, extra=None):
     """Run ``s["steps"]`` optimizer steps of ``loss(model, batch_tokens, *extra(idx))``."""
     from jaxeff.sam import msam_nnx_loss_fn
 
@@ -468,13 +503,13 @@ def _train(model, train, s, loss, mesh, progress, desc, extra=None):
         it = tqdm(it, desc=desc, leave=False)
     for _ in it:
         idx = np.sort(rng.choice(train.shape[0], bs, replace=False))
-        ex = tuple(_shard_rows(e, mesh) for e in extra(idx)) if extra is not None else ()
-        losses.append(float(step(model, opt, _shard_rows(train[idx], mesh), *ex)))
+        ex = tuple(where.rows(e) for e in extra(idx)) if extra is not None else ()
+        losses.append(float(step(model, opt, where.rows(train[idx]), *ex)))
     return {"first_loss": losses[0], "last_loss": float(np.mean(losses[-max(1, len(losses) // 10):])),
             "steps": len(losses)}
 
 
-def _distill(student, teacher, train, s, store_dir, mesh, progress, desc):
+def _distill(student, teacher, train, s, store_dir, where, progress, desc):
     from jaxeff.distill import fused_linear_distill_loss
     from jaxeff.distill.logit_store import TeacherBatch, build_teacher_logit_store, open_teacher_logit_store
 
@@ -509,7 +544,7 @@ def _distill(student, teacher, train, s, store_dir, mesh, progress, desc):
             b = store.read(idx)
             return np.asarray(b.logprobs, np.float32), b.ids
 
-        info.update(_train(student, train, s, loss, mesh, progress, desc, extra))
+        info.update(_train(student, train, s, loss, where, progress, desc, extra))
         return info
 
     def loss(m, toks):
@@ -519,7 +554,7 @@ def _distill(student, teacher, train, s, store_dir, mesh, progress, desc):
                                          divergence=div, beta=float(s["beta"]), temperature=tau,
                                          labels=toks[:, 1:], hard_weight=hw)
 
-    info.update(_train(student, train, s, loss, mesh, progress, desc))
+    info.update(_train(student, train, s, loss, where, progress, desc))
     return info
 
 
@@ -616,16 +651,23 @@ def _write_report(out: Path, rows: list[dict]) -> None:
 
 
 def run_recipe(recipe: str | Path | Mapping, out: str | Path, *, overrides: Sequence[str] = (), mesh: Any = None,
-               progress: bool = True) -> list[dict]:
+               topology: Any = None, progress: bool = True) -> list[dict]:
     """Run a recipe (see the module docstring) into ``out``; resumes finished stages.
+
+    ``mesh`` (e.g. from a topology config, ``jaxeff compress --config cpu-8``): batches are split
+    over its data axis (data parallel); with ``topology`` (a loaded topology config) its
+    ``mesh.data_axis``, ``mesh.model_axis`` + ``shard_params`` (tensor-parallel parameters,
+    :func:`~jaxeff.models.shard_model`) and ``dtypes.params`` / ``dtypes.compute`` (e.g. bf16
+    compute on fp32 master weights) apply to teacher and student.
 
     Returns the report rows (also written to ``out/results.json``): one for the teacher (when
     there is one), the initial student and each stage, with ``bytes``, ``ppl``,
     ``next_token_acc``, ``gen_tokens_per_s`` and the stage's own metrics.
     """
-    from jaxeff.models import from_pretrained, save_pretrained
+    from jaxeff.models import save_pretrained
 
     rec = load_recipe(recipe, overrides)
+    where = _Placement.from_topology(topology, mesh)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "recipe.json").write_text(json.dumps(rec, indent=1, default=str))
@@ -636,15 +678,15 @@ def run_recipe(recipe: str | Path | Mapping, out: str | Path, *, overrides: Sequ
     if rec["teacher"] is not None:
         tdir = out / "00-teacher"
         if (tdir / "metrics.json").is_file() and json.loads((tdir / "metrics.json").read_text()).get("hash") == _recipe_hash(rec, -1):
-            teacher = from_pretrained(tdir / "model", mesh=mesh)
+            teacher = where.load(tdir / "model")
             trow = json.loads((tdir / "metrics.json").read_text())
         else:
-            teacher = _build_model(rec["teacher"], "teacher", None, mesh)
+            teacher = _build_model(rec["teacher"], "teacher", None, where)
             tinfo: dict[str, Any] = {}
             vocab = teacher.config.vocab_size
             train, val, _ = load_corpus(rec["data"], rec["teacher"]["checkpoint"], vocab)
             if rec["teacher"]["train"] is not None:
-                tinfo = _train(teacher, train, rec["teacher"]["train"], _lm_loss, mesh, progress, "teacher")
+                tinfo = _train(teacher, train, rec["teacher"]["train"], _lm_loss, where, progress, "teacher")
             if tdir.exists():
                 shutil.rmtree(tdir)
             save_pretrained(teacher, tdir / "model")
@@ -675,9 +717,9 @@ def run_recipe(recipe: str | Path | Mapping, out: str | Path, *, overrides: Sequ
     vocab = teacher.config.vocab_size if teacher is not None else None
     if last_done >= 0:
         d = out / f"{last_done + 1:02d}-{next(iter(rec['stages'][last_done]))}"
-        student = from_pretrained(d / "model", mesh=mesh)
+        student = where.load(d / "model")
     else:
-        student = _build_model(rec["student"], "student", teacher_cfg, mesh)
+        student = _build_model(rec["student"], "student", teacher_cfg, where)
     vocab = vocab or student.config.vocab_size
     if teacher is not None and teacher.config.vocab_size != student.config.vocab_size:
         raise RecipeError(f"teacher and student vocab sizes differ ({teacher.config.vocab_size} vs "
@@ -698,7 +740,7 @@ def run_recipe(recipe: str | Path | Mapping, out: str | Path, *, overrides: Sequ
         d.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
         if name in ("distill", "redistill"):
-            info = _distill(student, teacher, train, s, out / "teacher-logits", mesh, progress, name)
+            info = _distill(student, teacher, train, s, out / "teacher-logits", where, progress, name)
         elif name == "prune":
             student, info = _prune(student, train, s)
         elif name == "quantize":

@@ -114,3 +114,36 @@ def test_run_resume_and_export_loads_in_transformers(corpus, tmp_path):
     with torch.no_grad():
         theirs = hf(torch.as_tensor(ids)).logits.float().numpy()
     np.testing.assert_allclose(ours, theirs, rtol=2e-3, atol=2e-3 * np.abs(theirs).max())
+
+
+def test_cli_compress_on_cpu8_mesh_equals_one_device_and_distill_cache(corpus, tmp_path):
+    """`jaxeff compress RECIPE key=value --config cpu-8 --out DIR`: data-parallel stages on the
+    8-device mesh give one device's numbers (up to reduction order); `jaxeff distill-cache`."""
+    import jax
+    import yaml
+
+    from jaxeff.cli import main
+    from jaxeff.distill.logit_store import open_teacher_logit_store
+
+    if jax.device_count() < 8:
+        pytest.skip("needs the 8 simulated CPU devices of conftest")
+    r = _recipe(corpus)
+    r["teacher"]["train"]["steps"] = 4
+    r["stages"] = [{"distill": {"steps": 3, "lr": 3e-3}}, {"prune": {"mlp_sparsity": 0.5, "calib_sequences": 8}},
+                   {"quantize": {"rules": [{"weight_fmt": "int8"}], "calib_sequences": 8}}, {"export": {}}]
+    f = tmp_path / "recipe.yaml"
+    f.write_text(yaml.safe_dump(r))
+    one = run_recipe(f, tmp_path / "one", overrides=["stages.0.distill.batch_size=16"], progress=False)
+    rc = main(["compress", str(f), "stages.0.distill.batch_size=16", "--config", "cpu-8", "--out",
+               str(tmp_path / "eight"), "--no-progress"])
+    assert rc == 0
+    eight = json.loads((tmp_path / "eight" / "results.json").read_text())
+    assert [r_["stage"] for r_ in eight] == [r_["stage"] for r_ in one]
+    for a, b in zip(one, eight):
+        np.testing.assert_allclose(b["ppl"], a["ppl"], rtol=2e-3)
+    assert main(["compress", str(f), "stages.0.distill.stepz=3", "--out", str(tmp_path / "bad")]) == 2
+    rc = main(["distill-cache", str(tmp_path / "one" / "00-teacher" / "model"), str(corpus), "--out",
+               str(tmp_path / "store"), "--k", "8", "--seq-len", "16", "--max-tokens", "2000", "--no-progress"])
+    assert rc == 0
+    st = open_teacher_logit_store(tmp_path / "store")
+    assert st.k == 8 and st.seq_len == 16 and len(st) == 125 - round(125 * 0.1)
