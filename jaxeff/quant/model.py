@@ -428,12 +428,15 @@ def _exec_path(qa: QArray, act_fmt) -> str:
     af = get_qformat(act_fmt)
     k = qa.shape[-2]
     grouped = qa.group_size is not None and k // qa.group_size > 1
-    if qa.zero_point is None and not grouped:
+    # grouped symmetric weights run one integer / fp8 dot per group of the contraction, the
+    # groups scaled and summed in float32 (quantized_dot_general's piecewise path)
+    per = f" per group of {qa.group_size}, float32 sum" if grouped else ""
+    if qa.zero_point is None:
         if af.is_int and qa.fmt.is_int and af.bits <= 8 and qa.fmt.bits <= 8:
-            return f"{qa.fmt.name} x {af.name} -> int32"
+            return f"{qa.fmt.name} x {af.name} -> int32" + (f" ({per.strip()})" if per else "")
         if af.is_float and qa.fmt.is_float:
-            return f"{qa.fmt.name} x {af.name} -> float32"
-    return f"activations fake-quantized to {af.name}, weight dequantized (grouped/asymmetric/mixed)"
+            return f"{qa.fmt.name} x {af.name} -> float32" + (f" ({per.strip()})" if per else "")
+    return f"activations fake-quantized to {af.name}, weight dequantized (asymmetric/mixed)"
 
 
 def _linear_site(shape) -> WeightSite:

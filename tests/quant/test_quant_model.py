@@ -405,3 +405,19 @@ def test_bad_rules_and_calibration(trained):
         QuantRule(pattern="(")
     with pytest.raises(ValueError, match="group_size"):
         quantize_model(model, QuantRule(weight_fmt="int4", group_size=5))
+
+
+def test_w8a8_group_rule_runs_grouped_integer_matmul_through_quantize_model():
+    """Issue 17 defect 4 at the rule level: ``QuantRule(weight_fmt="int8", act_fmt="int8",
+    group_size=g)`` through ``quantize_model`` runs int32 dots per weight group (no float dot on
+    fake-quantized activations) and equals numpy on the dequantized operands."""
+    layer = nnx.Linear(32, 16, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(1), (3, 5, 32))
+    q, summary = quantize_model(layer, QuantRule(weight_fmt="int8", act_fmt="int8", group_size=8), return_summary=True)
+    assert [r.execution for r in summary] == ["int8 x int8 -> int32 (per group of 8, float32 sum)"]
+    txt = jax.make_jaxpr(lambda xx: q(xx))(x).pretty_print()
+    assert "preferred_element_type=int32" in txt
+    xq = quantize(x, "int8", axis=-1)
+    w_deq = np.asarray(q.dequantized_kernel(), np.float64)
+    ref = np.einsum("btk,kn->btn", np.asarray(xq.dequantize(), np.float64), w_deq) + np.asarray(layer.bias[...])
+    np.testing.assert_allclose(np.asarray(q(x)), ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
