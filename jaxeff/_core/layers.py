@@ -333,6 +333,18 @@ def _sub_jaxpr(eqn):
     return None
 
 
+def normalize_example_inputs(example_inputs) -> tuple[tuple, dict] | None:
+    """``example_inputs`` as ``(args, kwargs)``: a mapping is keyword arguments, a tuple/list the
+    positional arguments, anything else one positional argument; None stays None."""
+    if example_inputs is None:
+        return None
+    if isinstance(example_inputs, Mapping):
+        return (), dict(example_inputs)
+    if isinstance(example_inputs, (tuple, list)):
+        return tuple(example_inputs), {}
+    return (example_inputs,), {}
+
+
 def keypath_str(kp) -> str:
     """Dotted string of a ``jax.tree_util`` key path (Variable ``value`` keys dropped)."""
     parts = []

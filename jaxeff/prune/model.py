@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxeff._core.layers import (WeightSite, capture_inputs, find_weight_sites, path_str, static_sites,
+from jaxeff._core.layers import (WeightSite, capture_inputs, find_weight_sites, keypath_str, path_str, static_sites,
                                  trace_weight_uses)
 from jaxeff._core.validation import check_choice, check_positive
 from jaxeff.prune.masks import _keep_top, nm_mask
@@ -161,19 +161,7 @@ def _pure_param_paths(model: nnx.Module):
     flat, treedef = jax.tree_util.tree_flatten_with_path(pure)
     paths = []
     for kp, _ in flat:
-        parts = []
-        for k in kp:
-            if isinstance(k, jax.tree_util.DictKey):
-                parts.append(str(k.key))
-            elif isinstance(k, jax.tree_util.SequenceKey):
-                parts.append(str(k.idx))
-            elif isinstance(k, jax.tree_util.GetAttrKey):
-                if k.name in ("value", "raw_value", "_raw_value"):
-                    continue
-                parts.append(k.name)
-            else:
-                parts.append(str(k))
-        paths.append(".".join(parts))
+        paths.append(keypath_str(kp))
     return pure, treedef, paths, [v for _, v in flat]
 
 

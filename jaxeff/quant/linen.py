@@ -44,7 +44,7 @@ import numpy as np
 import dataclasses
 import re
 
-from jaxeff._core.layers import WeightSite, einsum_site
+from jaxeff._core.layers import WeightSite, einsum_site, normalize_example_inputs as _norm_inputs
 from jaxeff.quant.formats import get_qformat
 from jaxeff.quant.matmul import quantized_matmul
 from jaxeff.quant.qarray import QArray, ScaledQArray, pack_int
@@ -210,14 +210,6 @@ def linen_weight_sites(module: nn.Module, variables: Mapping[str, Any], *args, m
     return sites
 
 
-def _norm_inputs(example_inputs):
-    if example_inputs is None:
-        return None
-    if isinstance(example_inputs, Mapping):
-        return (), dict(example_inputs)
-    if isinstance(example_inputs, (tuple, list)):
-        return tuple(example_inputs), {}
-    return (example_inputs,), {}
 
 
 def quantize_params(

@@ -67,7 +67,7 @@ import numpy as np
 from flax import nnx
 
 from jaxeff._core import layers as _layers
-from jaxeff._core.layers import WeightSite, capture_inputs, einsum_site, find_weight_sites, get_by_path, path_str
+from jaxeff._core.layers import WeightSite, capture_inputs, einsum_site, find_weight_sites, get_by_path, normalize_example_inputs, path_str
 from jaxeff._core.validation import check_choice
 from jaxeff.quant.fake import fake_quant
 from jaxeff.quant.formats import FormatLike, QFormat, get_qformat
@@ -885,14 +885,7 @@ def _free_params(model: nnx.Module, site_params: set):
     return out
 
 
-def _norm_inputs(example_inputs) -> tuple[tuple, dict] | None:
-    if example_inputs is None:
-        return None
-    if isinstance(example_inputs, Mapping):
-        return (), dict(example_inputs)
-    if isinstance(example_inputs, (tuple, list)):
-        return tuple(example_inputs), {}
-    return (example_inputs,), {}
+_norm_inputs = normalize_example_inputs
 
 
 # --------------------------------------------------------------------------------------------
