@@ -126,8 +126,7 @@ def test_cli_compress_on_cpu8_mesh_equals_one_device_and_distill_cache(corpus, t
     from jaxeff.cli import main
     from jaxeff.distill.logit_store import open_teacher_logit_store
 
-    if jax.device_count() < 8:
-        pytest.skip("needs the 8 simulated CPU devices of conftest")
+    assert jax.device_count() >= 8, "tests/conftest.py provides 8 CPU devices"
     r = _recipe(corpus)
     r["teacher"]["train"]["steps"] = 4
     r["stages"] = [{"distill": {"steps": 3, "lr": 3e-3}}, {"prune": {"mlp_sparsity": 0.5, "calib_sequences": 8}},

@@ -37,8 +37,7 @@ def _probe(cfg, probe_dir):
 
 
 def test_cpu8_config_reaches_the_suite(probe_dir):
-    if jax.device_count() < 8:
-        pytest.skip("needs the 8-device conftest")
+    assert jax.device_count() >= 8, "tests/conftest.py provides 8 CPU devices"
     m = _probe(load_config("cpu-8"), probe_dir)
     assert m["mesh"] == {"data": 8} and m["data_axis"] == "data"
     assert m["per_device"] == 4 and m["global"] == 32

@@ -14,6 +14,8 @@ from jaxeff._core.layers import capture_inputs
 from jaxeff.prune import MLP_PATTERN, prune_model, prune_structured, shrink, sparsegpt
 from jaxeff.quant import QuantRule, gptq, layer_reconstruction_error, quantize_model, rtn
 
+from _tunix_random import randomize
+
 g3 = pytest.importorskip("tunix.models.gemma3.model")
 B, L = 2, 8
 
@@ -21,13 +23,8 @@ B, L = 2, 8
 def _model(num_kv_heads, seed=0):
     cfg = g3.ModelConfig(num_layers=2, num_embed=128, embed_dim=32, hidden_dim=64, num_heads=4, head_dim=8,
                          num_kv_heads=num_kv_heads, sliding_window_size=4, param_dtype=jnp.float32)
-    m = g3.Gemma3(cfg, rngs=nnx.Rngs(seed))
-    graphdef, state = nnx.split(m)  # random values everywhere (tunix zero-inits the norm scales)
-    leaves, treedef = jax.tree.flatten(state)
-    keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
-    leaves = [(0.2 if l.ndim >= 2 else 0.1) * jax.random.normal(k, l.shape, l.dtype)
-              if jnp.issubdtype(l.dtype, jnp.floating) else l for l, k in zip(leaves, keys)]
-    return nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))
+    # random values everywhere (tunix zero-inits the norm scales)
+    return randomize(g3.Gemma3(cfg, rngs=nnx.Rngs(seed)), seed, vector_offset=0.0)
 
 
 def _args():

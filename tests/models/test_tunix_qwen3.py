@@ -14,6 +14,8 @@ from jaxeff.prune import (GQA_ATTENTION_PATTERN, MLP_PATTERN, find_prunable_bloc
                           shrink, sparsegpt)
 from jaxeff.quant import QuantizedLinear, QuantRule, gptq, quantize_model
 
+from _tunix_random import randomize
+
 qwen3 = pytest.importorskip("tunix.models.qwen3.model")
 
 B, L = 2, 8
@@ -23,14 +25,7 @@ PROJ = ("attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.o_proj", "mlp.gate_pr
 def _model(tied, seed=0):
     cfg = qwen3.ModelConfig(num_layers=2, vocab_size=128, embed_dim=32, hidden_dim=64, num_heads=4, head_dim=8,
                             num_kv_heads=2, rope_theta=10000, norm_eps=1e-6, use_tied_embedding=tied)
-    m = qwen3.Qwen3(cfg, rngs=nnx.Rngs(seed))
-    graphdef, state = nnx.split(m)  # random values in every matrix and norm (tunix zero-inits some)
-    leaves, treedef = jax.tree.flatten(state)
-    keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
-    leaves = [(0.2 * jax.random.normal(k, l.shape, l.dtype) if l.ndim >= 2 else
-               1.0 + 0.1 * jax.random.normal(k, l.shape, l.dtype)) if jnp.issubdtype(l.dtype, jnp.floating) else l
-              for l, k in zip(leaves, keys)]
-    return nnx.merge(graphdef, jax.tree.unflatten(treedef, leaves))
+    return randomize(qwen3.Qwen3(cfg, rngs=nnx.Rngs(seed)), seed)  # tunix zero-inits some
 
 
 def _args():
