@@ -540,9 +540,9 @@ def _distill(student, teacher, train, s, store_dir, where, progress, desc):
             return store.loss(h, m.lm_head_kernel(), TeacherBatch(toks, lp[:, :-1], ids[:, :-1], None),
                               labels=toks[:, 1:], hard_weight=hw)
 
-        def extra(idx):
+        def extra(idx):  # stored dtype to the device; the fused loss computes in float32
             b = store.read(idx)
-            return np.asarray(b.logprobs, np.float32), b.ids
+            return b.logprobs, b.ids
 
         info.update(_train(student, train, s, loss, where, progress, desc, extra))
         return info

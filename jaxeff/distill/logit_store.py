@@ -191,8 +191,8 @@ class TeacherLogitStore:
 
     def batch(self, indices: Any) -> TeacherBatch:
         """:meth:`read` as device arrays, log-probs in float32 (what the losses take)."""
-        b = self.read(indices)
-        return TeacherBatch(jnp.asarray(b.tokens), jnp.asarray(np.asarray(b.logprobs, np.float32)),
+        b = self.read(indices)  # log-probs cross to the device in their stored (16-bit) dtype
+        return TeacherBatch(jnp.asarray(b.tokens), jnp.asarray(b.logprobs).astype(jnp.float32),
                             jnp.asarray(b.ids), jnp.asarray(b.rest_logmass))
 
     def iter_batches(self, batch_size: int, *, key: jax.Array | None = None,
