@@ -120,12 +120,18 @@ def cmd_compress(args) -> int:
         except RuntimeError as e:
             print(f"jaxeff compress: {e}", file=sys.stderr)
             return 2
-    from jaxeff.compress import run_recipe
+    from jaxeff.compress import RecipeError, run_recipe
 
     out = Path(args.out) if args.out else Path("compress_results") / Path(args.recipe).stem
-    rows = run_recipe(args.recipe, out, overrides=recipe_over, mesh=mesh, topology=cfg,
-                      progress=not args.no_progress)
-    print((out / "results.md").read_text())
+    try:
+        rows = run_recipe(args.recipe, out, overrides=recipe_over, mesh=mesh, topology=cfg,
+                          progress=not args.no_progress, teacher_cache=args.teacher_cache)
+    except RecipeError as e:
+        print(f"jaxeff compress: {e}", file=sys.stderr)
+        return 2
+    from jaxeff.compress import results_table
+
+    print(results_table(rows))
     print(f"wrote: {out / 'results.json'}, {out / 'results.md'}, {out / 'size_vs_quality.png'} ({len(rows)} rows)")
     return 0
 
@@ -171,11 +177,13 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(pd)
     pd.set_defaults(func=cmd_demo)
     pc = sub.add_parser("compress", help="run a compression recipe (distill -> prune -> re-distill -> quantize -> export)")
-    pc.add_argument("recipe", help="recipe YAML file")
+    pc.add_argument("recipe", help="recipe YAML file, or the name of a shipped recipe (demo)")
     pc.add_argument("overrides", nargs="*", default=[], metavar="key=value",
                     help="recipe overrides (stages.0.distill.steps=10); topology.KEY=value for the topology config")
     pc.add_argument("--config", default=None, help="topology config (tpu_configs/), e.g. cpu-8")
     pc.add_argument("--out", default=None, help="output directory (default: compress_results/<recipe name>)")
+    pc.add_argument("--teacher-cache", default=None, metavar="DIR",
+                    help="keep a recipe-trained teacher in DIR and reuse it when its settings and data match")
     pc.add_argument("--no-progress", action="store_true")
     pc.set_defaults(func=cmd_compress)
     pk = sub.add_parser("distill-cache", help="run a teacher once over data and store its top-k log-probs")

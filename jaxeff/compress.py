@@ -5,7 +5,7 @@ config to initialise from), the data, and stages run in order::
 
     teacher: {checkpoint: path/to/teacher}          # or {config: {...}, train: {steps: 200}}
     student: {config: {hidden_size: 64, ...}}       # unspecified config keys come from the teacher
-    data: {path: corpus.txt, seq_len: 64}           # .txt/.jsonl file or a directory of them
+    data: {path: corpus.txt, seq_len: 64}           # .txt/.jsonl file, a directory of them, or "@stdlib"
     stages:
       - distill:   {steps: 200, divergence: forward_kl, temperature: 1.0, teacher_logits: cache, top_k: 32}
       - prune:     {method: osscar, mlp_sparsity: 0.5, kv_group_sparsity: 0.0}
@@ -21,12 +21,16 @@ Stages:
   (:mod:`jaxeff.distill.logit_store`, ``teacher_logits: cache``: the teacher runs once, top-k
   log-probs + tail mass, :func:`~jaxeff.distill.fused_linear_topk_distill_loss`), optionally with
   the hard-label term (``hard_weight``), optimizer ``adamw``/``sgd``/``msam``
-  (:func:`~jaxeff.sam.msam` around AdamW).
+  (:func:`~jaxeff.sam.msam` around AdamW). ``sft_baseline: true`` also trains a copy of the
+  stage's input on hard labels alone (same steps, optimizer and batches) and reports it beside
+  the distilled model: KD vs SFT.
 * ``prune``: structured one-shot pruning (:func:`~jaxeff.prune.prune_structured`, OSSCAR or
   magnitude) of SwiGLU neurons (``mlp_sparsity``) and whole GQA KV groups
   (``kv_group_sparsity``), then :func:`~jaxeff.prune.shrink`: a smaller valid config.
 * ``quantize``: :func:`~jaxeff.quant.quantize_model` by rules (method, format, group size; the
   lm head and embeddings stay float unless a rule names them), calibrated on training sequences.
+  ``variants: [{name, rules}, ...]`` quantizes the same float model by other rule sets and
+  reports each beside the kept one (``name`` labels the kept model's row).
 * ``export``: :func:`~jaxeff.models.save_pretrained` (Hugging Face layout; compressed-tensors for
   a quantized model) to ``OUT/export``.
 
@@ -36,6 +40,10 @@ stage's directory to run it again: it and every later stage are recomputed). The
 ``OUT/results.json``, ``OUT/results.md`` and ``OUT/size_vs_quality.png``: per stage, parameter
 bytes, validation perplexity, next-token accuracy, and greedy generation throughput on the same
 prompts.
+
+The top-level ``seed`` (default 0) is added to every model's ``init_seed`` and every stage's
+batch-order ``seed``. A recipe shipped with jaxeff is named without a path (``jaxeff compress
+demo`` runs ``jaxeff/recipes/demo.yaml``, the recipe of ``jaxeff demo``).
 """
 from __future__ import annotations
 
@@ -56,7 +64,8 @@ import optax
 import yaml
 from flax import nnx
 
-__all__ = ["load_recipe", "run_recipe", "load_corpus", "RECIPE_STAGES", "RecipeError"]
+__all__ = ["load_recipe", "resolve_recipe", "run_recipe", "load_corpus", "results_table", "RECIPE_STAGES", "RecipeError",
+           "STDLIB_CORPUS"]
 
 
 class RecipeError(ValueError):
@@ -67,6 +76,8 @@ class RecipeError(ValueError):
 # the recipe schema: {key: (type(s), default, check or None)}; "required" marks no default
 
 _REQ = object()
+# the built-in offline corpus: this Python's standard-library sources, file-disjoint validation split
+STDLIB_CORPUS = "@stdlib"
 
 
 def _pos_int(v):
@@ -107,6 +118,8 @@ _DISTILL = {
     "top_k": (_pos_int, 32, "a positive integer <= vocab_size"),
     "cache_dtype": (lambda v: v in ("float16", "bfloat16", "float32"), "float16", "'float16', 'bfloat16' or 'float32'"),
     "on_policy_fraction": (lambda v: v == 0, 0.0, "0 (on-policy batches are not implemented by `jaxeff compress` yet)"),
+    "sft_baseline": (lambda v: isinstance(v, bool), False,
+                     "true or false (also train a copy of the stage's input on hard labels only, for comparison)"),
     "seed": (_nonneg_int, 0, "an integer >= 0"),
 }
 _TRAIN = {k: _DISTILL[k] for k in ("steps", "batch_size", "lr", "weight_decay", "warmup_steps", "seed")}
@@ -131,6 +144,13 @@ _QUANT = {
     "keep_float": (lambda v: isinstance(v, list) and all(isinstance(s, str) for s in v), ["lm_head"],
                    "a list of path regular expressions"),
     "calib_sequences": (_pos_int, 16, "a positive integer"),
+    "name": (lambda v: isinstance(v, str), "", "a string (the label of the kept model's row)"),
+    "variants": (lambda v: isinstance(v, list), [],
+                 "a list of {name, rules} rule sets evaluated beside the main rules (reported, not kept)"),
+}
+_VARIANT = {
+    "name": (lambda v: isinstance(v, str) and v != "", _REQ, "a non-empty string"),
+    "rules": (lambda v: isinstance(v, list) and len(v) > 0, _REQ, "a non-empty list of rules"),
 }
 _EXPORT = {
     "format": (lambda v: v in ("auto", "hf", "compressed-tensors"), "auto", "'auto', 'hf' or 'compressed-tensors'"),
@@ -138,7 +158,8 @@ _EXPORT = {
 }
 RECIPE_STAGES = {"distill": _DISTILL, "redistill": _DISTILL, "prune": _PRUNE, "quantize": _QUANT, "export": _EXPORT}
 _DATA = {
-    "path": (lambda v: isinstance(v, str) and v != "", _REQ, "a file or directory path"),
+    "path": (lambda v: isinstance(v, str) and v != "", _REQ,
+             f"a file or directory path, or {STDLIB_CORPUS!r} (the Python standard library's sources)"),
     "seq_len": (lambda v: _pos_int(v) and v >= 2, 64, "an integer >= 2"),
     "val_fraction": (lambda v: isinstance(v, (int, float)) and 0 < v < 1, 0.1, "a fraction in (0, 1)"),
     "max_tokens": (lambda v: v is None or _pos_int(v), None, "a positive integer or null"),
@@ -203,11 +224,26 @@ def _set_path(d: dict, dotted: str, value: Any) -> None:
         cur[last] = value
 
 
+RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
+
+
+def resolve_recipe(recipe: str | Path) -> Path:
+    """A recipe file path, or the name of a recipe shipped with jaxeff (``"demo"``)."""
+    p = Path(recipe)
+    if p.is_file():
+        return p
+    shipped = RECIPES_DIR / f"{p.name}.yaml" if p.suffix == "" else RECIPES_DIR / p.name
+    if p.parent == Path(".") and shipped.is_file():
+        return shipped
+    names = sorted(q.stem for q in RECIPES_DIR.glob("*.yaml"))
+    raise RecipeError(f"recipe file {p} does not exist (recipes shipped with jaxeff: {names}).")
+
+
 def load_recipe(recipe: str | Path | Mapping, overrides: Sequence[str] = ()) -> dict:
     """Read, override and validate a recipe; returns the filled recipe (every default explicit).
 
     Args:
-      recipe: a YAML file path or an already parsed mapping.
+      recipe: a YAML file path, the name of a shipped recipe (``"demo"``), or a parsed mapping.
       overrides: ``"key.path=value"`` strings (YAML values), e.g. ``"stages.0.distill.steps=10"``
         or ``"data.seq_len=32"``; a stage is addressed by its index in ``stages``.
 
@@ -217,9 +253,7 @@ def load_recipe(recipe: str | Path | Mapping, overrides: Sequence[str] = ()) -> 
       distilling a quantized model, a missing checkpoint directory).
     """
     if isinstance(recipe, (str, Path)):
-        p = Path(recipe)
-        if not p.is_file():
-            raise RecipeError(f"recipe file {p} does not exist.")
+        p = resolve_recipe(recipe)
         try:
             raw = yaml.safe_load(p.read_text())
         except yaml.YAMLError as e:
@@ -266,11 +300,12 @@ def load_recipe(recipe: str | Path | Mapping, overrides: Sequence[str] = ()) -> 
     if out["student"]["config"] is not None and out["teacher"] is None and not out["student"]["config"]:
         raise RecipeError("recipe `student.config` must be given in full when there is no teacher to derive it from.")
     out["data"] = _fill("data", raw["data"], _DATA)
-    dp = Path(out["data"]["path"])
-    dp = dp if dp.is_absolute() else base / dp
-    if not dp.exists():
-        raise RecipeError(f"recipe `data.path`: {dp} does not exist.")
-    out["data"]["path"] = str(dp.resolve())
+    if out["data"]["path"] != STDLIB_CORPUS:
+        dp = Path(out["data"]["path"])
+        dp = dp if dp.is_absolute() else base / dp
+        if not dp.exists():
+            raise RecipeError(f"recipe `data.path`: {dp} does not exist.")
+        out["data"]["path"] = str(dp.resolve())
     out["eval"] = _fill("eval", raw.get("eval", {}), _EVAL)
     stages = raw["stages"]
     if not isinstance(stages, list) or not stages:
@@ -298,6 +333,14 @@ def load_recipe(recipe: str | Path | Mapping, overrides: Sequence[str] = ()) -> 
                                   f"batch_size ({s['batch_size']}).")
         if name == "quantize":
             s["rules"] = [_fill(f"stages.{i}.quantize.rules.{j}", r, _RULE) for j, r in enumerate(s["rules"])]
+            variants = [_fill(f"stages.{i}.quantize.variants.{j}", v, _VARIANT) for j, v in enumerate(s["variants"])]
+            for j, v in enumerate(variants):
+                v["rules"] = [_fill(f"stages.{i}.quantize.variants.{j}.rules.{k}", r, _RULE)
+                              for k, r in enumerate(v["rules"])]
+            names = [v["name"] for v in variants]
+            if len(set(names)) != len(names):
+                raise RecipeError(f"recipe `stages.{i}.quantize.variants`: names must be distinct, got {names}.")
+            s["variants"] = variants
             quantized = True
         exported |= name == "export"
         filled.append({name: s})
@@ -364,23 +407,42 @@ def load_corpus(data: Mapping[str, Any], tokenizer_dir: str | None, vocab_size: 
     The tokenizer is the checkpoint's ``tokenizer.json`` (via ``tokenizers``) when
     ``data.tokenizer`` is ``"auto"`` and the file exists, else UTF-8 bytes. Documents are joined
     with the tokenizer's ids and cut into non-overlapping windows of ``seq_len``; the last
-    ``val_fraction`` of the windows is the validation split.
+    ``val_fraction`` of the windows is the validation split. With ``data.path: "@stdlib"`` the
+    documents are this Python's standard-library sources and the split is file-disjoint
+    (:func:`jaxeff.models.load_text_corpus`; ``max_tokens`` defaults to 2,000,000 there).
     """
     tok_file = Path(tokenizer_dir) / "tokenizer.json" if tokenizer_dir else None
     tok = _HFTokenizer(tok_file) if (data["tokenizer"] == "auto" and tok_file and tok_file.is_file()) else ByteTokenizer()
     if tok.vocab_size > vocab_size:
         raise RecipeError(f"the tokenizer has {tok.vocab_size} ids but the models' vocab_size is {vocab_size}.")
+    L = data["seq_len"]
+
+    def windows(ids, what):
+        n = len(ids) // L
+        if n < 1:
+            raise RecipeError(f"recipe `data`: {what} has {len(ids)} tokens, less than one window of seq_len {L}.")
+        return np.asarray(ids[:n * L], np.int32).reshape(n, L)
+
+    if data["path"] == STDLIB_CORPUS:
+        from jaxeff.models import load_text_corpus
+
+        max_tok = data["max_tokens"] or 2_000_000
+        per_byte = 1 if isinstance(tok, ByteTokenizer) else 4  # a subword token spans a few bytes
+        tr, va = load_text_corpus(max(1024, max_tok * per_byte), val_fraction=data["val_fraction"])
+        tr_ids = tok.encode(tr.tobytes().decode("utf-8", errors="replace"))[:max_tok]
+        va_ids = tok.encode(va.tobytes().decode("utf-8", errors="replace"))
+        va_ids = va_ids[:max(L, int(max_tok * data["val_fraction"]))]
+        return windows(tr_ids, "the training split"), windows(va_ids, "the validation split"), tok
     ids: list[int] = []
     for t in _texts(Path(data["path"])):
         ids.extend(tok.encode(t))
         if data["max_tokens"] is not None and len(ids) >= data["max_tokens"]:
             ids = ids[:data["max_tokens"]]
             break
-    L = data["seq_len"]
     n = len(ids) // L
     if n < 4:
         raise RecipeError(f"recipe `data`: {len(ids)} tokens make {n} windows of seq_len {L}; at least 4 are needed.")
-    win = np.asarray(ids[:n * L], np.int32).reshape(n, L)
+    win = windows(ids, "the data")
     n_val = max(1, int(round(n * data["val_fraction"])))
     return win[:-n_val], win[-n_val:], tok
 
@@ -440,7 +502,7 @@ class _Placement:
         return jax.device_put(jnp.asarray(x), jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(ax)))
 
 
-def _build_model(spec: Mapping[str, Any], role: str, teacher_cfg: dict | None, where: _Placement):
+def _build_model(spec: Mapping[str, Any], role: str, teacher_cfg: dict | None, where: _Placement, seed: int = 0):
     from jaxeff.models import random_init
 
     if spec["checkpoint"] is not None:
@@ -448,7 +510,7 @@ def _build_model(spec: Mapping[str, Any], role: str, teacher_cfg: dict | None, w
     cfg = dict(teacher_cfg or {})
     cfg.pop("architectures", None)
     cfg.update(spec["config"])
-    model = random_init(_llama_config(cfg), spec["init_seed"], dtype=where.compute_dtype,
+    model = random_init(_llama_config(cfg), spec["init_seed"] + seed, dtype=where.compute_dtype,
                         param_dtype=where.param_dtype or jnp.float32)
     return where.place(model)
 
@@ -493,7 +555,7 @@ def _train(model, train, s, loss, where, progress, desc, extra=None):
             o.update(m, g)
         return lval
 
-    rng = np.random.default_rng(s["seed"])
+    rng = np.random.default_rng(s["seed"] + s.get("run_seed", 0))
     bs = min(s["batch_size"], train.shape[0])
     losses = []
     it = range(s["steps"])
@@ -618,40 +680,63 @@ def evaluate(model, val: np.ndarray, ev: Mapping[str, Any]) -> dict[str, float]:
 
 
 def _recipe_hash(recipe: Mapping[str, Any], upto: int) -> str:
-    part = {k: recipe[k] for k in ("teacher", "student", "data", "seed")}
-    part["stages"] = recipe["stages"][:upto + 1]
+    """Hash of what stage ``upto`` depends on; ``upto=-1`` is the teacher (not the student)."""
+    keys = ("teacher", "data", "seed", "eval") if upto < 0 else ("teacher", "student", "data", "seed", "eval")
+    part = {k: recipe[k] for k in keys}
+    if upto >= 0:
+        part["stages"] = recipe["stages"][:upto + 1]
     return hashlib.sha256(json.dumps(part, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _param_count(model) -> int:
+    return int(sum(np.size(x) for x in jax.tree.leaves(nnx.state(model, nnx.Param))))
+
+
+def results_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The report rows as a Markdown table (plus the teacher-logit store's size, if one was used)."""
+    lines = ["| stage | model | params | MB | val ppl | next-token acc | gen tok/s |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        params = f"{r['params']:,}" if "params" in r else ""
+        lines.append(f"| {r['stage']} | {r['model']} | {params} | {r['bytes'] / 1e6:.3f} | {r['ppl']:.3f} | "
+                     f"{r['next_token_acc']:.4f} | {r['gen_tokens_per_s']:.1f} |")
+    stores = sorted({(r["cache_k"], r["cache_bytes_per_token"]) for r in rows if "cache_bytes_per_token" in r})
+    for k, b in stores:
+        lines.append(f"\nteacher-logit store: top-{k}, {b:.0f} bytes per token")
+    return "\n".join(lines)
 
 
 def _write_report(out: Path, rows: list[dict]) -> None:
     (out / "results.json").write_text(json.dumps(rows, indent=1))
-    lines = ["| stage | model | MB | ppl | next-token acc | gen tok/s |", "|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['stage']} | {r['model']} | {r['bytes'] / 1e6:.3f} | {r['ppl']:.3f} | "
-                     f"{r['next_token_acc']:.4f} | {r['gen_tokens_per_s']:.1f} |")
-    (out / "results.md").write_text("\n".join(lines) + "\n")
+    (out / "results.md").write_text(results_table(rows) + "\n")
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    xs = [r["bytes"] / 1e6 for r in rows]
-    ys = [r["ppl"] for r in rows]
-    ax.plot(xs, ys, "o-", color="tab:blue")
-    for i, (x, y, r) in enumerate(zip(xs, ys, rows)):  # alternate label offsets so neighbours do not overlap
-        ax.annotate(r["stage"], (x, y), textcoords="offset points", xytext=(6, 10 if i % 2 == 0 else -14), fontsize=9)
-    ax.set_xlabel("parameter MB")
-    ax.set_ylabel("validation perplexity")
+    # Points carry numbers only; the names are listed beside the axes, so labels never overlap
+    # however close two models land (quantized variants often do).
+    fig, (ax, side) = plt.subplots(1, 2, figsize=(10, 4.8), gridspec_kw={"width_ratios": [3, 1.4]})
+    main = [i for i, r in enumerate(rows) if not r.get("side_row")]
+    ax.plot([rows[i]["bytes"] / 1e6 for i in main], [rows[i]["ppl"] for i in main], "-", color="tab:blue", alpha=0.5)
+    for i, r in enumerate(rows):
+        x, y = r["bytes"] / 1e6, r["ppl"]
+        ax.plot(x, y, "o" if not r.get("side_row") else "s", color="tab:blue" if not r.get("side_row") else "tab:orange")
+        ax.annotate(str(i + 1), (x, y), textcoords="offset points", xytext=(5, 4 + 9 * (i % 2)), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("parameter MB (log)")
+    ax.set_ylabel("validation perplexity (lower is better)")
     ax.set_title("size vs quality per stage")
-    ax.margins(0.15)
+    ax.margins(0.12)
+    side.axis("off")
+    side.text(0, 1, "\n".join(f"{i + 1:2d}  {r['model']}" for i, r in enumerate(rows)), va="top", ha="left",
+              family="monospace", fontsize=8, transform=side.transAxes)
     fig.tight_layout()
     fig.savefig(out / "size_vs_quality.png", dpi=120)
     plt.close(fig)
 
 
 def run_recipe(recipe: str | Path | Mapping, out: str | Path, *, overrides: Sequence[str] = (), mesh: Any = None,
-               topology: Any = None, progress: bool = True) -> list[dict]:
+               topology: Any = None, progress: bool = True, teacher_cache: str | Path | None = None) -> list[dict]:
     """Run a recipe (see the module docstring) into ``out``; resumes finished stages.
 
     ``mesh`` (e.g. from a topology config, ``jaxeff compress --config cpu-8``): batches are split
@@ -660,9 +745,16 @@ def run_recipe(recipe: str | Path | Mapping, out: str | Path, *, overrides: Sequ
     :func:`~jaxeff.models.shard_model`) and ``dtypes.params`` / ``dtypes.compute`` (e.g. bf16
     compute on fp32 master weights) apply to teacher and student.
 
+    ``teacher_cache``: a directory where a teacher trained by the recipe (``teacher.config`` +
+    ``teacher.train``) is kept under the hash of its settings and the data, and from which a later
+    run with the same settings loads it instead of training again (``jaxeff demo`` uses
+    ``$JAXEFF_CACHE/teachers``).
+
     Returns the report rows (also written to ``out/results.json``): one for the teacher (when
-    there is one), the initial student and each stage, with ``bytes``, ``ppl``,
-    ``next_token_acc``, ``gen_tokens_per_s`` and the stage's own metrics.
+    there is one), the initial student and each stage, with ``params``, ``bytes``, ``ppl``,
+    ``next_token_acc``, ``gen_tokens_per_s`` and the stage's own metrics; a distill stage with
+    ``sft_baseline`` and a quantize stage with ``variants`` add rows marked ``side_row`` (compared,
+    not carried on).
     """
     from jaxeff.models import save_pretrained
 
@@ -677,22 +769,44 @@ def run_recipe(recipe: str | Path | Mapping, out: str | Path, *, overrides: Sequ
     teacher = None
     if rec["teacher"] is not None:
         tdir = out / "00-teacher"
-        if (tdir / "metrics.json").is_file() and json.loads((tdir / "metrics.json").read_text()).get("hash") == _recipe_hash(rec, -1):
+        thash = _recipe_hash(rec, -1)
+        cached = Path(teacher_cache) / thash if teacher_cache is not None and rec["teacher"]["train"] is not None else None
+
+        def _is_done(d):
+            return (d / "metrics.json").is_file() and (d / "model").is_dir() and \
+                json.loads((d / "metrics.json").read_text()).get("hash") == thash
+
+        if cached is not None and not _is_done(tdir) and _is_done(cached):
+            if tdir.exists():
+                shutil.rmtree(tdir)
+            shutil.copytree(cached, tdir)
+        if _is_done(tdir):
             teacher = where.load(tdir / "model")
             trow = json.loads((tdir / "metrics.json").read_text())
         else:
-            teacher = _build_model(rec["teacher"], "teacher", None, where)
+            teacher = _build_model(rec["teacher"], "teacher", None, where, rec["seed"])
             tinfo: dict[str, Any] = {}
             vocab = teacher.config.vocab_size
             train, val, _ = load_corpus(rec["data"], rec["teacher"]["checkpoint"], vocab)
             if rec["teacher"]["train"] is not None:
-                tinfo = _train(teacher, train, rec["teacher"]["train"], _lm_loss, where, progress, "teacher")
+                t_train = time.perf_counter()
+                tinfo = _train(teacher, train, {**rec["teacher"]["train"], "run_seed": rec["seed"]}, _lm_loss, where,
+                               progress, "teacher")
+                tinfo["stage_seconds"] = time.perf_counter() - t_train
             if tdir.exists():
                 shutil.rmtree(tdir)
             save_pretrained(teacher, tdir / "model")
-            trow = {"stage": "teacher", "model": "teacher", **evaluate(teacher, val, ev), **tinfo,
-                    "hash": _recipe_hash(rec, -1)}
+            trow = {"stage": "teacher", "model": "teacher", "params": _param_count(teacher),
+                    **evaluate(teacher, val, ev), **tinfo, "hash": thash}
             (tdir / "metrics.json").write_text(json.dumps(trow, indent=1))
+            if cached is not None:
+                tmp = cached.with_name(cached.name + ".partial")
+                if tmp.exists():
+                    shutil.rmtree(tmp)
+                shutil.copytree(tdir, tmp)
+                if cached.exists():
+                    shutil.rmtree(cached)
+                tmp.rename(cached)
         rows.append(trow)
         teacher_cfg = teacher.config.to_hf()
     else:
@@ -719,7 +833,7 @@ def run_recipe(recipe: str | Path | Mapping, out: str | Path, *, overrides: Sequ
         d = out / f"{last_done + 1:02d}-{next(iter(rec['stages'][last_done]))}"
         student = where.load(d / "model")
     else:
-        student = _build_model(rec["student"], "student", teacher_cfg, where)
+        student = _build_model(rec["student"], "student", teacher_cfg, where, rec["seed"])
     vocab = vocab or student.config.vocab_size
     if teacher is not None and teacher.config.vocab_size != student.config.vocab_size:
         raise RecipeError(f"teacher and student vocab sizes differ ({teacher.config.vocab_size} vs "
@@ -727,23 +841,43 @@ def run_recipe(recipe: str | Path | Mapping, out: str | Path, *, overrides: Sequ
     train, val, _ = load_corpus(rec["data"], tok_dir, vocab)
     srow0 = out / "student-initial.json"
     if last_done < 0 or not srow0.is_file():
-        srow0.write_text(json.dumps({"stage": "start", "model": "student (initial)", **evaluate(student, val, ev)}))
+        srow0.write_text(json.dumps({"stage": "start", "model": "student (initial)", "params": _param_count(student),
+                                     **evaluate(student, val, ev)}))
     rows.append(json.loads(srow0.read_text()))
     for i in range(last_done + 1):
         d = out / f"{i + 1:02d}-{next(iter(rec['stages'][i]))}"
-        rows.append(json.loads((d / "metrics.json").read_text()))
+        m = json.loads((d / "metrics.json").read_text())
+        rows.extend(m.pop("side_rows", []))
+        rows.append(m)
 
-    quantized = False
+    quantized = any(next(iter(st)) == "quantize" for st in rec["stages"][:last_done + 1])
+    float_params = rows[-1]["params"] if "params" in rows[-1] else _param_count(student)
     for i in range(last_done + 1, len(rec["stages"])):
         (name, s), = rec["stages"][i].items()
+        s = {**s, "run_seed": rec["seed"]}  # the recipe's `seed` shifts every stage's batch order
         d = out / f"{i + 1:02d}-{name}"
         d.mkdir(parents=True, exist_ok=True)
+        stage = f"{i + 1:02d}-{name}"
+        side: list[dict] = []
         t0 = time.perf_counter()
         if name in ("distill", "redistill"):
+            if s["sft_baseline"]:  # same start, steps, optimizer and batches; hard labels only
+                base = nnx.clone(student)
+                binfo = _train(base, train, s, _lm_loss, where, progress, f"{name} (SFT baseline)")
+                side.append({"stage": stage, "model": f"{name} SFT baseline", "params": _param_count(base),
+                             **evaluate(base, val, ev), **binfo, "side_row": True})
+                del base
             info = _distill(student, teacher, train, s, out / "teacher-logits", where, progress, name)
         elif name == "prune":
             student, info = _prune(student, train, s)
         elif name == "quantize":
+            for v in s["variants"]:
+                tv = time.perf_counter()
+                qv, vinfo = _quantize(student, train, {**s, "rules": v["rules"]})
+                side.append({"stage": stage, "model": f"quantize {v['name']}", "params": float_params,
+                             **evaluate(qv, val, ev), **vinfo, "stage_seconds": time.perf_counter() - tv,
+                             "side_row": True})
+                del qv
             student, info = _quantize(student, train, s)
             quantized = True
         else:  # export
@@ -757,9 +891,13 @@ def run_recipe(recipe: str | Path | Mapping, out: str | Path, *, overrides: Sequ
             info = {"export_dir": str(out / "export"), "format": "compressed-tensors" if is_q else "hf"}
         info["stage_seconds"] = time.perf_counter() - t0
         save_pretrained(student, d / "model")
-        row = {"stage": f"{i + 1:02d}-{name}", "model": name, **evaluate(student, val, ev), **info,
-               "hash": _recipe_hash(rec, i)}
+        if not quantized:
+            float_params = _param_count(student)
+        label = f"{name} {s['name']}" if name == "quantize" and s["name"] else name
+        row = {"stage": stage, "model": label, "params": float_params, **evaluate(student, val, ev), **info,
+               "hash": _recipe_hash(rec, i), "side_rows": side}
         (d / "metrics.json").write_text(json.dumps(row, indent=1, default=str))
-        rows.append(row)
+        rows.extend(side)
+        rows.append({k: v for k, v in row.items() if k != "side_rows"})
     _write_report(out, rows)
     return rows

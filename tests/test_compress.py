@@ -61,12 +61,21 @@ def test_recipe_validation(corpus, tmp_path):
         (dict(data={"path": str(corpus / "nope.txt")}), "does not exist"),
         (dict(teacher={"checkpoint": str(tmp_path)}), "not a checkpoint directory"),
         (dict(teacher={"config": TEACHER, "checkpoint": str(tmp_path)}), "exactly one of"),
+        (dict(stages=[{"distill": {"sft_baseline": "yes"}}]), r"sft_baseline` must be true or false"),
+        (dict(stages=[{"quantize": {"rules": [{}], "variants": [{"rules": [{}]}]}}]), r"variants.0.name` is required"),
+        (dict(stages=[{"quantize": {"rules": [{}], "variants": [{"name": "a", "rules": [{"group_size": 0}]}]}}]),
+         r"variants.0.rules.0.group_size"),
+        (dict(stages=[{"quantize": {"rules": [{}], "variants": [{"name": "a", "rules": [{}]},
+                                                             {"name": "a", "rules": [{}]}]}}]), "names must be distinct"),
     ]
     for over, msg in bad:
         with pytest.raises(RecipeError, match=msg):
             load_recipe(_recipe(corpus, **over))
     with pytest.raises(RecipeError, match="key.path=value"):
         load_recipe(_recipe(corpus), ["steps"])
+    with pytest.raises(RecipeError, match=r"shipped with jaxeff: \[.*'demo'"):
+        load_recipe("no-such-recipe")
+    assert load_recipe(_recipe(corpus, data={"path": "@stdlib"}))["data"]["path"] == "@stdlib"
     f = tmp_path / "r.yaml"
     f.write_text("stages: [")
     with pytest.raises(RecipeError, match="not valid YAML"):
@@ -147,3 +156,18 @@ def test_cli_compress_on_cpu8_mesh_equals_one_device_and_distill_cache(corpus, t
     assert rc == 0
     st = open_teacher_logit_store(tmp_path / "store")
     assert st.k == 8 and st.seq_len == 16 and len(st) == 125 - round(125 * 0.1)
+
+
+def test_recipe_seed_shifts_model_inits(corpus):
+    import jax
+    from flax import nnx
+
+    from jaxeff.compress import _build_model, _Placement
+
+    rec = load_recipe(_recipe(corpus, seed=1))
+    where = _Placement()
+    a = _build_model(rec["student"], "student", TEACHER, where, 0)
+    b = _build_model(rec["student"], "student", TEACHER, where, rec["seed"])
+    c = _build_model({**rec["student"], "init_seed": 1}, "student", TEACHER, where, 0)
+    la, lb, lc = (jax.tree.leaves(nnx.state(m, nnx.Param)) for m in (a, b, c))
+    assert not np.allclose(la[0], lb[0]) and all(np.array_equal(x, y) for x, y in zip(lb, lc))
