@@ -28,6 +28,9 @@ __all__ = [
     "check_key",
     "check_traced_in_range",
     "check_index_range",
+    "check_int",
+    "check_number",
+    "check_callable",
     "error_if",
     "is_inexact_dtype",
     "is_traced",
@@ -127,6 +130,58 @@ def check_in_range(
         lo = "-inf" if low is None else f"{low:g}"
         hi = "inf" if high is None else f"{high:g}"
         raise ValueError(f"`{name}` must be in {lb}{lo}, {hi}{hb}, got {value!r}.")
+
+
+def check_int(name: str, value: Any, low: int | None = None, high: int | None = None) -> int:
+    """Raise unless ``value`` is a Python/NumPy integer (not a bool) in ``[low, high]``; return it as int.
+
+    ``None``, floats (``2.0`` included), strings and bools are refused with a ``ValueError``
+    naming the argument.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        lo = "" if low is None else f" >= {low}"
+        raise ValueError(f"`{name}` must be an int{lo}, got {value!r} ({type(value).__name__}).")
+    v = int(value)
+    if (low is not None and v < low) or (high is not None and v > high):
+        lo = "-inf" if low is None else str(low)
+        hi = "inf" if high is None else str(high)
+        raise ValueError(f"`{name}` must be an int in [{lo}, {hi}], got {v}.")
+    return v
+
+
+def check_number(
+    name: str,
+    value: Any,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_inclusive: bool = True,
+    high_inclusive: bool = True,
+) -> None:
+    """:func:`check_in_range` that first refuses what is not a real scalar (``None``, a string,
+    a bool, an array with more than one element) with a ``ValueError`` naming the argument.
+
+    Traced values are not checked (their value is unknown at trace time).
+    """
+    if is_traced(value):
+        return
+    ok = value is not None and not isinstance(value, (str, bytes, bool, np.bool_))
+    if ok:
+        try:
+            arr = np.asarray(value)
+            ok = arr.ndim == 0 and (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)
+                                    or is_inexact_dtype(arr.dtype) and not np.issubdtype(arr.dtype, np.complexfloating))
+        except Exception:  # noqa: BLE001 - anything that is not array-like is refused below
+            ok = False
+    if not ok:
+        raise ValueError(f"`{name}` must be a real number, got {value!r} ({type(value).__name__}).")
+    check_in_range(name, value, low, high, low_inclusive=low_inclusive, high_inclusive=high_inclusive)
+
+
+def check_callable(name: str, value: Any, what: str = "a callable") -> None:
+    """Raise a ``TypeError`` naming the argument unless ``value`` is callable."""
+    if not callable(value):
+        raise TypeError(f"`{name}` must be {what}, got {type(value).__name__}.")
 
 
 def check_positive(name: str, value: float, *, strict: bool = True) -> None:
