@@ -23,7 +23,10 @@ Stages:
   the hard-label term (``hard_weight``), optimizer ``adamw``/``sgd``/``msam``
   (:func:`~jaxeff.sam.msam` around AdamW). ``sft_baseline: true`` also trains a copy of the
   stage's input on hard labels alone (same steps, optimizer and batches) and reports it beside
-  the distilled model: KD vs SFT.
+  the distilled model: KD vs SFT. ``on_policy_fraction: λ`` (online teacher only) makes each
+  batch, with probability λ, on-policy as in GKD (arXiv 2306.13649): the student continues the
+  window's first ``on_policy_prompt_len`` tokens (default half) at ``on_policy_temperature``,
+  and the loss is the divergence to the teacher on the generated tokens only.
 * ``prune``: structured one-shot pruning (:func:`~jaxeff.prune.prune_structured`, OSSCAR or
   magnitude) of SwiGLU neurons (``mlp_sparsity``) and whole GQA KV groups
   (``kv_group_sparsity``), then :func:`~jaxeff.prune.shrink`: a smaller valid config.
@@ -117,7 +120,10 @@ _DISTILL = {
     "teacher_logits": (lambda v: v in ("online", "cache"), "online", "'online' or 'cache'"),
     "top_k": (_pos_int, 32, "a positive integer <= vocab_size"),
     "cache_dtype": (lambda v: v in ("float16", "bfloat16", "float32"), "float16", "'float16', 'bfloat16' or 'float32'"),
-    "on_policy_fraction": (lambda v: v == 0, 0.0, "0 (on-policy batches are not implemented by `jaxeff compress` yet)"),
+    "on_policy_fraction": (_unit, 0.0, "a number in [0, 1] (probability that a batch is sampled from the student)"),
+    "on_policy_prompt_len": (_nonneg_int, 0, "an integer >= 0 (prompt tokens of an on-policy batch; 0: half the window)"),
+    "on_policy_temperature": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < math.inf,
+                              1.0, "a number >= 0 (0 = greedy)"),
     "sft_baseline": (lambda v: isinstance(v, bool), False,
                      "true or false (also train a copy of the stage's input on hard labels only, for comparison)"),
     "seed": (_nonneg_int, 0, "an integer >= 0"),
@@ -328,6 +334,12 @@ def load_recipe(recipe: str | Path | Mapping, overrides: Sequence[str] = ()) -> 
         if name in ("distill", "redistill"):
             if out["teacher"] is None:
                 raise RecipeError(f"recipe `stages.{i}` ({name}) needs a `teacher`.")
+            if s["on_policy_fraction"] > 0 and s["teacher_logits"] != "online":
+                raise RecipeError(f"recipe `stages.{i}.{name}.on_policy_fraction` > 0 needs `teacher_logits: online`: "
+                                  "a logit store holds the teacher on dataset tokens, not on the student's samples.")
+            if s["on_policy_prompt_len"] >= out["data"]["seq_len"]:
+                raise RecipeError(f"recipe `stages.{i}.{name}.on_policy_prompt_len` ({s['on_policy_prompt_len']}) must "
+                                  f"be < data.seq_len ({out['data']['seq_len']}).")
             if s["optimizer"] == "msam" and s["batch_size"] % s["msam_microbatches"]:
                 raise RecipeError(f"recipe `stages.{i}.{name}.msam_microbatches` ({s['msam_microbatches']}) must divide "
                                   f"batch_size ({s['batch_size']}).")
@@ -538,22 +550,34 @@ def _lm_loss(m, toks):
     return optax.softmax_cross_entropy_with_integer_labels(logits, toks[:, 1:]).mean()
 
 
-def _train(model, train, s, loss, where, progress, desc, extra=None):
-    """Run ``s["steps"]`` optimizer steps of ``loss(model, batch_tokens, *extra(idx))``."""
+def _train(model, train, s, loss, where, progress, desc, extra=None, on_policy=None):
+    """Run ``s["steps"]`` optimizer steps of ``loss(model, batch_tokens, *extra(idx))``.
+
+    ``on_policy = (fraction, sample, loss_on)``: each batch is, with probability ``fraction`` (one
+    coin per batch, as GKD), replaced by ``sample(model, tokens) -> (tokens, mask)`` (the student's
+    own continuations) and trained with ``loss_on(model, tokens, mask)``.
+    """
     from jaxeff.sam import msam_nnx_loss_fn
 
     opt = nnx.Optimizer(model, _optimizer(s), wrt=nnx.Param)
     use_msam = s.get("optimizer") == "msam"
 
-    @nnx.jit
-    def step(m, o, toks, *ex):
-        batch = (toks, *ex)
-        lval, g = nnx.value_and_grad(lambda mm: loss(mm, *batch))(m)
-        if use_msam:
-            o.update(m, g, loss_fn=msam_nnx_loss_fn(m, lambda mm, b: loss(mm, *b)), batch=batch)
-        else:
-            o.update(m, g)
-        return lval
+    def make_step(lossf):
+        @nnx.jit
+        def step(m, o, *batch):
+            lval, g = nnx.value_and_grad(lambda mm: lossf(mm, *batch))(m)
+            if use_msam:
+                o.update(m, g, loss_fn=msam_nnx_loss_fn(m, lambda mm, b: lossf(mm, *b)), batch=batch)
+            else:
+                o.update(m, g)
+            return lval
+
+        return step
+
+    step = make_step(loss)
+    step_on = make_step(on_policy[2]) if on_policy is not None else None
+    coins = np.random.default_rng([s["seed"] + s.get("run_seed", 0), 1])
+    n_on = 0
 
     rng = np.random.default_rng(s["seed"] + s.get("run_seed", 0))
     bs = min(s["batch_size"], train.shape[0])
@@ -565,10 +589,18 @@ def _train(model, train, s, loss, where, progress, desc, extra=None):
         it = tqdm(it, desc=desc, leave=False)
     for _ in it:
         idx = np.sort(rng.choice(train.shape[0], bs, replace=False))
+        if on_policy is not None and coins.random() < on_policy[0]:
+            toks, mask = on_policy[1](model, train[idx])
+            losses.append(float(step_on(model, opt, where.rows(toks), where.rows(mask))))
+            n_on += 1
+            continue
         ex = tuple(where.rows(e) for e in extra(idx)) if extra is not None else ()
         losses.append(float(step(model, opt, where.rows(train[idx]), *ex)))
-    return {"first_loss": losses[0], "last_loss": float(np.mean(losses[-max(1, len(losses) // 10):])),
-            "steps": len(losses)}
+    out = {"first_loss": losses[0], "last_loss": float(np.mean(losses[-max(1, len(losses) // 10):])),
+           "steps": len(losses)}
+    if on_policy is not None:
+        out["on_policy_steps"] = n_on
+    return out
 
 
 def _distill(student, teacher, train, s, store_dir, where, progress, desc):
@@ -616,7 +648,30 @@ def _distill(student, teacher, train, s, store_dir, where, progress, desc):
                                          divergence=div, beta=float(s["beta"]), temperature=tau,
                                          labels=toks[:, 1:], hard_weight=hw)
 
-    info.update(_train(student, train, s, loss, where, progress, desc))
+    on_policy = None
+    if s["on_policy_fraction"] > 0:  # GKD (arXiv 2306.13649): the student's own samples, teacher-scored
+        from jaxeff.models import generate
+
+        L = train.shape[1]
+        p_len = s["on_policy_prompt_len"] or max(1, L // 2)
+        keys = iter(jax.random.split(jax.random.key(s["seed"] + s.get("run_seed", 0)), s["steps"]))
+
+        def sample(m, toks):
+            out = generate(m, jnp.asarray(toks[:, :p_len]), L - p_len, temperature=float(s["on_policy_temperature"]),
+                           key=next(keys))
+            mask = np.zeros(toks.shape, bool)
+            mask[:, p_len:] = True  # distill on the generated tokens only
+            return np.asarray(out), mask
+
+        def loss_on(m, toks, mask):
+            h = m.hidden_states(toks[:, :-1])
+            ht = jax.lax.stop_gradient(teacher.hidden_states(toks[:, :-1]))
+            return fused_linear_distill_loss(h, m.lm_head_kernel(), ht,
+                                             jax.lax.stop_gradient(teacher.lm_head_kernel()), divergence=div,
+                                             beta=float(s["beta"]), temperature=tau, where=mask[:, 1:])
+
+        on_policy = (float(s["on_policy_fraction"]), sample, loss_on)
+    info.update(_train(student, train, s, loss, where, progress, desc, on_policy=on_policy))
     return info
 
 

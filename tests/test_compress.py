@@ -55,7 +55,9 @@ def test_recipe_validation(corpus, tmp_path):
         (dict(stages=[{"quantize": {"rules": [{}]}}, {"prune": {}}]), "after `quantize`"),
         (dict(stages=[{"quantize": {"rules": [{"method": "magic"}]}}]), r"rules.0.method"),
         (dict(stages=[{"distill": {"optimizer": "msam", "batch_size": 8, "msam_microbatches": 3}}]), "must divide"),
-        (dict(stages=[{"distill": {"on_policy_fraction": 0.5}}]), "on_policy_fraction"),
+        (dict(stages=[{"distill": {"on_policy_fraction": 0.5, "teacher_logits": "cache"}}]), "needs `teacher_logits: online`"),
+        (dict(stages=[{"distill": {"on_policy_fraction": 1.5}}]), r"on_policy_fraction` must be a number in \[0, 1\]"),
+        (dict(stages=[{"distill": {"on_policy_fraction": 0.5, "on_policy_prompt_len": 32}}]), "on_policy_prompt_len"),
         (dict(stages=[{"prune": {"mlp_sparsity": 1.0}}]), "mlp_sparsity"),
         (dict(teacher=None), "needs a `teacher`"),
         (dict(data={"path": str(corpus / "nope.txt")}), "does not exist"),
@@ -171,3 +173,32 @@ def test_recipe_seed_shifts_model_inits(corpus):
     c = _build_model({**rec["student"], "init_seed": 1}, "student", TEACHER, where, 0)
     la, lb, lc = (jax.tree.leaves(nnx.state(m, nnx.Param)) for m in (a, b, c))
     assert not np.allclose(la[0], lb[0]) and all(np.array_equal(x, y) for x, y in zip(lb, lc))
+
+
+def test_on_policy_distill_step_is_kd_on_the_students_own_samples(corpus):
+    """fraction 1: every batch is the student's continuation of the window's first half, and the
+    first step's loss is forward KL(teacher || student) on the generated tokens only (materialized)."""
+    import jax
+
+    from jaxeff.compress import _distill, _Placement, load_corpus
+    from jaxeff.models import generate, random_init
+    from jaxeff.compress import _llama_config
+
+    rec = load_recipe(_recipe(corpus, stages=[{"distill": {"steps": 2, "batch_size": 4, "on_policy_fraction": 1.0,
+                                                            "seed": 3}}]))
+    s = {**rec["stages"][0]["distill"], "run_seed": 0}
+    teacher = random_init(_llama_config(TEACHER), 0)
+    student = random_init(_llama_config({**TEACHER, **rec["student"]["config"]}), 1)
+    train, _, _ = load_corpus(rec["data"], None, 256)
+    L, p = train.shape[1], train.shape[1] // 2
+    idx = np.sort(np.random.default_rng(3).choice(train.shape[0], 4, replace=False))
+    key = jax.random.split(jax.random.key(3), 2)[0]
+    gen = generate(student, jnp.asarray(train[idx][:, :p]), L - p, temperature=1.0, key=key)
+    ls = jax.nn.log_softmax(student(gen[:, :-1]).astype(jnp.float32), -1)
+    lt = jax.nn.log_softmax(teacher(gen[:, :-1]).astype(jnp.float32), -1)
+    kl = (jnp.exp(lt) * (lt - ls)).sum(-1)  # [B, L-1]; position j predicts token j+1
+    on_gen = np.arange(L - 1)[None, :] + 1 >= p
+    want = float((kl * on_gen).sum() / (on_gen.sum() * 4))
+    info = _distill(student, teacher, train, s, None, _Placement(), False, "t")
+    assert info["on_policy_steps"] == 2
+    assert info["first_loss"] == pytest.approx(want, rel=1e-4)

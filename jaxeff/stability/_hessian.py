@@ -9,7 +9,16 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from jaxeff._core.validation import check_choice, check_in_range, check_key, check_traced_in_range, is_traced
+from jaxeff._core.validation import (
+    check_callable,
+    check_choice,
+    check_in_range,
+    check_int,
+    check_key,
+    check_ndim,
+    check_traced_in_range,
+    is_traced,
+)
 
 __all__ = [
     "hvp",
@@ -20,6 +29,13 @@ __all__ = [
     "spectral_density",
     "lanczos_tridiag",
 ]
+
+
+def _check_loss_params(loss_fn: Any, params: Any, loss_name: str = "loss_fn",
+                       signature: str = "loss_fn(params, *args) -> scalar") -> None:
+    check_callable(loss_name, loss_fn, f"a callable {signature}")
+    if params is None or not jax.tree_util.tree_leaves(params):
+        raise ValueError(f"`params` must be an array or a pytree with at least one array leaf, got {params!r}.")
 
 
 def hvp(loss_fn: Callable[..., jax.Array], params: Any, v: Any, *args: Any) -> Any:
@@ -42,6 +58,7 @@ def hvp(loss_fn: Callable[..., jax.Array], params: Any, v: Any, *args: Any) -> A
     References:
       Pearlmutter, "Fast exact multiplication by the Hessian", 1994; arXiv 2401.12332 (use).
     """
+    check_callable("loss_fn", loss_fn, "a callable loss_fn(params, *args) -> scalar")
     if jax.tree.structure(v) != jax.tree.structure(params):
         raise ValueError(
             f"`v` must have the pytree structure of `params`: {jax.tree.structure(params)}, got {jax.tree.structure(v)}."
@@ -64,8 +81,28 @@ def lanczos_tridiag(matvec: Callable[[jax.Array], jax.Array], v0: jax.Array, num
 
     Returns ``(alphas [k], betas [k-1], V [k, p])`` with :math:`V A V^T \approx T` tridiagonal.
     After an (exact) breakdown the remaining basis vectors are zero and their alphas/betas 0.
+
+    Args:
+      matvec: ``matvec(v) -> A v`` for a symmetric operator ``A`` on vectors of shape ``(p,)``.
+      v0: non-zero start vector, shape ``(p,)``, ``p >= 1``.
+      num_iters: number of Lanczos steps ``k >= 1``.
     """
+    check_callable("matvec", matvec, "a callable matvec(v) -> A @ v")
+    if v0 is None:
+        raise ValueError("`v0` must be a 1-D start vector of shape (p,), got None.")
+    check_ndim("v0", v0, 1)
+    v0 = jnp.asarray(v0)
+    if v0.shape[0] < 1:
+        raise ValueError(f"`v0` must hold at least one entry, got shape {tuple(v0.shape)}.")
+    num_iters = check_int("num_iters", num_iters, 1)
     p = v0.shape[0]
+    try:
+        out = jax.eval_shape(matvec, jax.ShapeDtypeStruct((p,), jnp.float32))
+    except Exception as e:  # noqa: BLE001 - re-raised naming the arguments
+        raise ValueError(f"`matvec` failed on a vector of the shape of `v0` ({p},): {type(e).__name__}: {e}") from e
+    if getattr(out, "shape", None) != (p,):
+        raise ValueError(f"`matvec` must map a vector of the shape of `v0` ({p},) to shape ({p},), "
+                         f"got {getattr(out, 'shape', type(out).__name__)}.")
     v0 = v0.astype(jnp.float32)
     v0 = v0 / jnp.linalg.norm(v0)
     V = jnp.zeros((num_iters, p), jnp.float32).at[0].set(v0)
@@ -289,7 +326,8 @@ def hessian_trace(
       key: PRNG key for the probes.
       num_probes: number of Rademacher probes (>= 1).
       args: extra (data) arguments of ``loss_fn``.
-      probe_batch_size: probes evaluated together (memory/speed trade-off).
+      probe_batch_size: probes evaluated together (memory/speed trade-off), an int >= 1 or
+        None (default).
 
     Returns:
       Scalar float32 estimate of the trace.
@@ -303,9 +341,12 @@ def hessian_trace(
     References:
       Hutchinson 1989; Avron & Toledo 2011; Yao et al., arXiv 1912.07145.
     """
+    _check_loss_params(loss_fn, params)
     check_key("key", key)
     if not isinstance(num_probes, int) or num_probes < 1:
         raise ValueError(f"`num_probes` must be a positive int, got {num_probes!r}.")
+    if probe_batch_size is not None:
+        check_int("probe_batch_size", probe_batch_size, 1)
     flat, _, mv = _flat_hvp(loss_fn, params, tuple(args))
     p = flat.shape[0]
     probes = jax.random.rademacher(key, (num_probes, p), jnp.float32)
@@ -352,7 +393,7 @@ def spectral_density(
       args: extra (data) arguments of ``loss_fn``.
       grid: points at which to evaluate the density; default ``num_points`` points spanning
         the nodes with a margin.
-      num_points: grid size when ``grid`` is None.
+      num_points: grid size when ``grid`` is None (an int >= 1).
       sigma: Gaussian smoothing width > 0 (finite); default 1% of the node range.
 
     Returns:
@@ -367,7 +408,12 @@ def spectral_density(
       Ghorbani, Krishnan, Xiao, "An Investigation into Neural Net Optimization via Hessian
       Eigenvalue Density", arXiv 1901.10159; Lin, Saad, Yang, SIAM Review 2016.
     """
+    _check_loss_params(loss_fn, params)
     check_key("key", key)
+    if grid is None:
+        check_int("num_points", num_points, 1)
+    else:
+        check_ndim("grid", grid, 1)
     flat, _, mv = _flat_hvp(loss_fn, params, tuple(args))
     p = flat.shape[0]
     if not isinstance(num_iters, int) or num_iters < 1 or num_iters > p:
