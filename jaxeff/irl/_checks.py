@@ -102,9 +102,10 @@ def check_Z(name: str, Z: Any, k: int | None = None, *, min_actions: int = 1, fi
     except (TypeError, ValueError) as e:
         raise ValueError(f"`{name}` must be a numeric array [num_actions, k, k], got {type(Z).__name__}: {e}") from e
     kk = k if k is not None else (arr.shape[-1] if arr.ndim else None)
-    if arr.ndim != 3 or arr.shape[1:] != (kk, kk):
-        basis_txt = f" for a basis of k={k}" if k is not None else " (square k x k matrices)"
-        raise ValueError(f"`{name}` must have shape (num_actions, {kk}, {kk}){basis_txt}, got {arr.shape}.")
+    if arr.ndim != 3 or arr.shape[1:] != (kk, kk) or kk == 0:
+        kt = "k" if kk is None or kk == 0 else str(kk)
+        basis_txt = f" for a basis of k={k}" if k is not None else " (square k x k matrices, k >= 1)"
+        raise ValueError(f"`{name}` must have shape (num_actions, {kt}, {kt}){basis_txt}, got {arr.shape}.")
     if arr.shape[0] < min_actions:
         if min_actions >= 2:
             raise ValueError(

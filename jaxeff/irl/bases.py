@@ -43,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxeff._core.validation import check_choice
+from jaxeff.irl._checks import check_int, check_real
 
 __all__ = ["CosineBasis", "FourierBasis", "LegendreBasis", "TensorBasis", "OrthonormalBasis"]
 
@@ -59,6 +60,8 @@ def _check_k(k: int) -> int:
 
 
 def _check_box(low: float, high: float) -> tuple[float, float]:
+    check_real("low", low)
+    check_real("high", high)
     low, high = float(low), float(high)
     if not (np.isfinite(low) and np.isfinite(high) and high > low):
         raise ValueError(f"the box must satisfy finite `low` < `high`, got low={low}, high={high}.")
@@ -328,19 +331,24 @@ class TensorBasis(OrthonormalBasis):
 
     def __init__(self, bases, degree: int, truncation: str = "total", *, dim: int | None = None):
         check_choice("truncation", truncation, ["total", "hyperbolic", "full"])
+        if bases is None:
+            raise ValueError("`bases` must be a 1-D basis or a non-empty sequence of 1-D bases "
+                             "(CosineBasis, FourierBasis, LegendreBasis), got None.")
         if isinstance(bases, _Basis1D):
-            if dim is None or int(dim) < 1:
+            if dim is None:
                 raise ValueError("`dim` must be a positive int when `bases` is a single 1-D basis.")
-            bases = [bases] * int(dim)
-        bases = tuple(bases)
+            bases = [bases] * check_int("dim", dim)
+        try:
+            bases = tuple(bases)
+        except TypeError:
+            raise ValueError("`bases` must be a 1-D basis or a non-empty sequence of 1-D bases "
+                             f"(CosineBasis, FourierBasis, LegendreBasis), got {type(bases).__name__}.") from None
         if not bases or not all(isinstance(b, _Basis1D) for b in bases):
             raise ValueError("`bases` must be a 1-D basis or a non-empty sequence of 1-D bases "
                              "(CosineBasis, FourierBasis, LegendreBasis).")
         if dim is not None and int(dim) != len(bases):
             raise ValueError(f"`dim` ({dim}) must equal the number of `bases` ({len(bases)}).")
-        if isinstance(degree, bool) or int(degree) != degree or degree < 0:
-            raise ValueError(f"`degree` must be a non-negative int, got {degree!r}.")
-        degree = int(degree)
+        degree = check_int("degree", degree, low=0)
         for t, b in enumerate(bases):
             if b.k < degree + 1:
                 raise ValueError(

@@ -50,7 +50,8 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from jaxeff._core.sharding import axis_size, pad_to_multiple, shard_batch
-from jaxeff._core.validation import check_in_range, check_key, check_positive
+from jaxeff._core.validation import check_key
+from jaxeff.irl._checks import check_basis, check_callable, check_int, check_real
 from jaxeff.irl.bases import OrthonormalBasis
 
 __all__ = [
@@ -72,13 +73,28 @@ class Transitions(NamedTuple):
 
 
 def _check_basis(basis: Any) -> OrthonormalBasis:
-    if not isinstance(basis, OrthonormalBasis):
-        raise ValueError(f"`basis` must be a jaxeff.irl basis (CosineBasis, TensorBasis, ...), got {type(basis).__name__}.")
-    return basis
+    return check_basis(basis)
+
+
+def _action_values(actions: Any) -> jax.Array:
+    """``actions`` as action values [A]: an int A >= 1 means ``0..A-1``, else a non-empty 1-D array."""
+    if isinstance(actions, (int, np.integer)) and not isinstance(actions, (bool, np.bool_)):
+        if actions < 1:
+            raise ValueError(f"`actions` must be a positive number of actions, got {actions}.")
+        return jnp.arange(int(actions))
+    if actions is None or isinstance(actions, (bool, np.bool_, str)):
+        raise ValueError(f"`actions` must be an int A or a non-empty array [A] of action values, got {actions!r}.")
+    acts = jnp.asarray(actions)
+    if acts.ndim == 0 or acts.shape[0] < 1:
+        raise ValueError(f"`actions` must be an int or a non-empty array of action values, got shape {acts.shape}.")
+    return acts
 
 
 def sample_uniform_states(basis: OrthonormalBasis, key: jax.Array, n: int) -> jax.Array:
     """``n`` states drawn uniformly from the basis' box, [n, d]."""
+    basis = _check_basis(basis)
+    check_key("key", key)
+    n = check_int("n", n)
     lo, hi = basis.bounds
     u = jax.random.uniform(key, (n, basis.dim))
     return jnp.asarray(lo, u.dtype) + u * jnp.asarray(hi - lo, u.dtype)
@@ -204,18 +220,9 @@ def estimate_transition_operator(
     """
     basis = _check_basis(basis)
     k = basis.num_features
-    if isinstance(batch_size, bool) or int(batch_size) < 1:
-        raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}.")
-    batch_size = int(batch_size)
+    batch_size = check_int("batch_size", batch_size)
     if callable(source) and not isinstance(source, tuple):
-        if isinstance(actions, (int, np.integer)) and not isinstance(actions, bool):
-            if actions < 1:
-                raise ValueError(f"`actions` must be a positive number of actions, got {actions}.")
-            acts = jnp.arange(int(actions))
-        else:
-            acts = jnp.asarray(actions)
-            if acts.ndim == 0 or acts.shape[0] < 1:
-                raise ValueError(f"`actions` must be an int or a non-empty array of action values, got shape {acts.shape}.")
+        acts = _action_values(actions)
         check_key("key", key)
         if num_samples is None or isinstance(num_samples, bool) or int(num_samples) != num_samples:
             raise ValueError(f"`num_samples` must be an int with a sampler, got {num_samples!r}.")
@@ -360,8 +367,9 @@ def hoeffding_error_bound(basis: OrthonormalBasis, num_samples: int, delta: floa
       0.0757
     """
     basis = _check_basis(basis)
-    check_positive("num_samples", num_samples)
-    check_in_range("delta", delta, 0.0, 1.0, low_inclusive=False, high_inclusive=False)
+    num_samples = check_int("num_samples", num_samples)
+    check_real("delta", delta, 0.0, 1.0, low_inclusive=False, high_inclusive=False)
+    num_actions = check_int("num_actions", num_actions)
     k = basis.num_features
     B = float(np.max(basis.sup_norms()))
     return basis.volume * B**2 * math.sqrt(2.0 * math.log(2.0 * k * k * num_actions / delta) / num_samples)
@@ -381,8 +389,9 @@ def hoeffding_num_samples(basis: OrthonormalBasis, epsilon: float, delta: float,
       5724
     """
     basis = _check_basis(basis)
-    check_positive("epsilon", epsilon)
-    check_in_range("delta", delta, 0.0, 1.0, low_inclusive=False, high_inclusive=False)
+    check_real("epsilon", epsilon, 0.0, None, low_inclusive=False)
+    check_real("delta", delta, 0.0, 1.0, low_inclusive=False, high_inclusive=False)
+    num_actions = check_int("num_actions", num_actions)
     k = basis.num_features
     B = float(np.max(basis.sup_norms()))
     return int(math.ceil(2.0 * basis.volume**2 * B**4 * math.log(2.0 * k * k * num_actions / delta) / epsilon**2))
@@ -412,7 +421,9 @@ def relabel_actions(
       >>> rs(None, jnp.array([2.0]), 0).tolist(), rs(None, jnp.array([2.0]), 1).tolist()
       ([3.0], [1.0])
     """
-    acts = jnp.arange(int(actions)) if isinstance(actions, (int, np.integer)) else jnp.asarray(actions)
+    check_callable("sampler", sampler, "a generative model sampler(key, s, a) -> s'")
+    check_callable("expert_policy", expert_policy, "a function s -> index into `actions`")
+    acts = _action_values(actions)
 
     def relabeled(key, s, j):
         e = jnp.asarray(expert_policy(s), jnp.int32).reshape(())

@@ -19,7 +19,8 @@ from typing import NamedTuple, Sequence
 import jax
 import numpy as np
 
-from jaxeff._core.validation import check_in_range, check_key
+from jaxeff._core.validation import check_key
+from jaxeff.irl._checks import check_int, check_real
 from jaxeff.irl.estimate import estimate_transition_operator
 from jaxeff.irl.forward import expert_optimal_fraction
 from jaxeff.irl.reward import fit_reward, state_grid
@@ -75,9 +76,23 @@ def irl_success_trials(
       :class:`IRLTrials` with ``margins`` the problems' β.
     """
     check_key("key", key)
-    check_in_range("min_fraction", min_fraction, 0.0, 1.0)
-    check_in_range("margin_fraction", margin_fraction, 0.0, 1.0, low_inclusive=False)
-    ns = np.asarray(ns, dtype=np.int64)
+    check_real("min_fraction", min_fraction, 0.0, 1.0)
+    check_real("margin_fraction", margin_fraction, 0.0, 1.0, low_inclusive=False)
+    if problems is None or isinstance(problems, SyntheticIRLProblem):
+        raise ValueError(f"`problems` must be a sequence of SyntheticIRLProblem, got {type(problems).__name__}.")
+    try:
+        problems = list(problems)
+    except TypeError:
+        raise ValueError(f"`problems` must be a sequence of SyntheticIRLProblem, got {type(problems).__name__}.") from None
+    for i, p in enumerate(problems):
+        if not isinstance(p, SyntheticIRLProblem):
+            raise ValueError(f"`problems[{i}]` must be a SyntheticIRLProblem, got {type(p).__name__}.")
+    if ns is None or isinstance(ns, str) or np.ndim(ns) != 1:
+        raise ValueError(f"`ns` must be a sequence of sample sizes (positive ints), got {ns!r}.")
+    ns = np.asarray([check_int("ns", n) for n in ns], dtype=np.int64)
+    num_trials = check_int("num_trials", num_trials)
+    num_grid = check_int("num_grid", num_grid)
+    num_check = check_int("num_check", num_check)
     margins = np.asarray([p.margin for p in problems], dtype=np.float64)
     success = np.zeros((len(problems), len(ns), num_trials), dtype=bool)
     feasible = np.zeros_like(success)
@@ -105,8 +120,13 @@ def irl_bootstrap_interval(
     Returns ``(low, high)`` with the shape of ``success.mean(-1)``.
     """
     check_key("key", key)
-    check_in_range("level", level, 0.0, 1.0, low_inclusive=False, high_inclusive=False)
+    check_real("level", level, 0.0, 1.0, low_inclusive=False, high_inclusive=False)
+    num_boot = check_int("num_boot", num_boot)
+    if success is None:
+        raise ValueError("`success` must be an array [..., num_trials] of trial outcomes, got None.")
     s = np.asarray(success, dtype=np.float64)
+    if s.ndim < 1 or s.shape[-1] < 1:
+        raise ValueError(f"`success` must be an array [..., num_trials] with at least one trial, got shape {s.shape}.")
     T = s.shape[-1]
     idx = np.asarray(jax.random.randint(key, (num_boot, T), 0, T))
     boots = s[..., idx].mean(-1)  # [..., num_boot]
@@ -115,6 +135,17 @@ def irl_bootstrap_interval(
 
 
 def irl_sample_complexity_curve(k: int, margins: Sequence[float], constant: float) -> np.ndarray:
-    """The theory's sample size ``n(β) = C · k² log k / β²`` for each margin β."""
+    """The theory's sample size ``n(β) = C · k² log k / β²`` for each margin β.
+
+    ``k`` a positive int, ``margins`` positive finite values (any shape, non-empty), ``constant`` > 0.
+    """
+    k = check_int("k", k)
+    check_real("constant", constant, 0.0, None, low_inclusive=False)
+    if margins is None:
+        raise ValueError("`margins` must be positive finite margins β, got None.")
     margins = np.asarray(margins, dtype=np.float64)
+    if margins.size == 0:
+        raise ValueError(f"`margins` must hold at least one margin, got shape {margins.shape}.")
+    if not np.all(np.isfinite(margins) & (margins > 0)):
+        raise ValueError(f"`margins` must be positive finite values, got {margins.ravel()[~(np.isfinite(margins.ravel()) & (margins.ravel() > 0))][:3].tolist()} among them.")
     return constant * k * k * math.log(max(k, 2)) / margins**2

@@ -32,9 +32,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxeff._core import LPStatus
-from jaxeff._core.validation import check_in_range, check_key, check_positive
+from jaxeff._core.validation import check_index_range, check_key
+from jaxeff.irl._checks import check_basis, check_callable, check_int, check_real, check_Z
 from jaxeff.irl.bases import OrthonormalBasis
-from jaxeff.irl.reward import IRLResult, _check_problem, reward_margins, state_grid
+from jaxeff.irl.estimate import _action_values
+from jaxeff.irl.reward import IRLResult, _check_alpha, _check_problem, reward_margins, state_grid
 
 __all__ = [
     "q_values_in_basis",
@@ -49,13 +51,25 @@ __all__ = [
 ]
 
 
-def _features(basis, states):
+def _features(basis, states, name="states"):
+    if states is None:
+        raise ValueError(f"`{name}` must be an array of states [n, {basis.dim}], got None.")
     s = np.asarray(states, dtype=np.float64)
     if basis.dim == 1 and s.ndim == 1:
         s = s[:, None]
     if s.ndim != 2 or s.shape[1] != basis.dim:
-        raise ValueError(f"`states` must have shape (n, {basis.dim}), got {np.shape(states)}.")
+        raise ValueError(f"`{name}` must have shape (n, {basis.dim}), got {np.shape(states)}.")
+    if s.shape[0] < 1:
+        raise ValueError(f"`{name}` must hold at least one state, got shape {np.shape(states)}.")
+    if not np.all(np.isfinite(s)):
+        raise ValueError(f"`{name}` contains {int(np.sum(~np.isfinite(s)))} NaN or inf value(s); expected finite states.")
     return np.asarray(basis.batch(jnp.asarray(s, jnp.float32)), np.float64)
+
+
+def _default_num_grid(basis, num_grid):
+    if num_grid is None:
+        return max(4, int(math.ceil(1024 ** (1 / basis.dim))))
+    return check_int("num_grid", num_grid)
 
 
 def q_values_in_basis(basis: OrthonormalBasis, Z: Any, alpha: Any, gamma: float, expert_action: int, states: Any) -> np.ndarray:
@@ -73,10 +87,8 @@ def q_values_in_basis(basis: OrthonormalBasis, Z: Any, alpha: Any, gamma: float,
       >>> bool(q[0, 0] > q[0, 1])
       True
     """
-    Z, e = _check_problem(basis, Z, expert_action, gamma)
-    alpha = np.asarray(alpha, np.float64).reshape(-1)
-    if alpha.shape != (basis.num_features,):
-        raise ValueError(f"`alpha` must have shape ({basis.num_features},), got {alpha.shape}.")
+    Z, e = _check_problem(basis, Z, expert_action, gamma, z_name="Z")
+    alpha = _check_alpha(alpha, basis.num_features)
     Phi = _features(basis, states)
     v = np.linalg.solve(np.eye(Z.shape[-1]) - gamma * Z[e].T, alpha)
     return (Phi @ alpha)[:, None] + gamma * np.einsum("i,aij,nj->na", v, Z, Phi)
@@ -89,11 +101,19 @@ def expert_optimal_fraction(
 
     ``Q(s, a₁) ≥ max_a Q(s, a) - tol``; 1.0 on a dense set of states means the expert is
     (``tol``-approximately) optimal for the reward ``αᵀφ`` in the MDP given by ``Z``.
-    A NaN ``alpha`` (no reward found) gives 0.0.
+    An all-NaN ``alpha`` (the "no reward found" result of :func:`jaxeff.irl.fit_reward`)
+    gives 0.0; an ``alpha`` with some (not all) NaN or any inf entries raises.
     """
-    check_in_range("tol", tol, 0.0, None)
-    if not np.all(np.isfinite(np.asarray(alpha, np.float64))):
+    check_real("tol", tol, 0.0, None)
+    Z, e = _check_problem(basis, Z, expert_action, gamma, z_name="Z")
+    a = _check_alpha(alpha, basis.num_features)
+    if np.all(np.isnan(a)):
         return 0.0
+    if not np.all(np.isfinite(a)):
+        raise ValueError(
+            f"`alpha` contains {int(np.sum(~np.isfinite(a)))} NaN or inf value(s); expected finite reward "
+            "coefficients (or all NaN for 'no reward found')."
+        )
     Q = q_values_in_basis(basis, Z, alpha, gamma, expert_action, states)
     return float(np.mean(Q[:, expert_action] >= Q.max(axis=1) - tol))
 
@@ -141,15 +161,15 @@ def basis_value_iteration(
       >>> int(r.policy.max())      # action 0 (the expert's) is greedy everywhere
       0
     """
-    Z = np.asarray(Z, np.float64)
-    if Z.ndim != 3 or Z.shape[1:] != (basis.num_features,) * 2:
-        raise ValueError(f"`Z` must have shape (A, {basis.num_features}, {basis.num_features}), got {Z.shape}.")
-    check_in_range("gamma", gamma, 0.0, 1.0, high_inclusive=False)
-    check_positive("num_iters", num_iters)
-    grid = state_grid(basis, num_grid if num_grid is not None else max(4, int(math.ceil(1024 ** (1 / basis.dim)))))
+    basis = check_basis(basis)
+    Z = check_Z("Z", Z, basis.num_features, min_actions=1)
+    alpha = _check_alpha(alpha, basis.num_features)
+    check_real("gamma", gamma, 0.0, 1.0, high_inclusive=False)
+    num_iters = check_int("num_iters", num_iters)
+    grid = state_grid(basis, _default_num_grid(basis, num_grid))
     Phi = jnp.asarray(_features(basis, grid), jnp.float32)
     w = basis.volume / grid.shape[0]
-    c, q = _basis_vi(Phi, jnp.asarray(Z, jnp.float32), jnp.asarray(alpha, jnp.float32).reshape(-1), gamma, w, int(num_iters))
+    c, q = _basis_vi(Phi, jnp.asarray(Z, jnp.float32), jnp.asarray(alpha, jnp.float32), gamma, w, num_iters)
     q = np.asarray(q, np.float64)
     return BasisVIResult(np.asarray(c, np.float64), q, np.argmax(q, axis=1), grid)
 
@@ -164,10 +184,22 @@ def feature_expectations_in_basis(
     ``M_π = (|S|/m) Σ_s φ(s) φ(s)ᵀ Z(π(s))ᵀ``, the values of the k basis rewards have
     coefficients ``(I - γM_π)^{-1} W`` and ``μ = ((I - γM_π)^{-1} W)ᵀ E_U[φ]``.
     """
-    Z = np.asarray(Z, np.float64)
-    Phi = _features(basis, grid)
+    basis = check_basis(basis)
+    Z = check_Z("Z", Z, basis.num_features, min_actions=1)
+    check_real("gamma", gamma, 0.0, 1.0, high_inclusive=False)
+    Phi = _features(basis, grid, "grid")
     m = Phi.shape[0]
-    pol = np.broadcast_to(np.asarray(policy, np.int64), (m,))
+    if policy is None:
+        raise ValueError(f"`policy` must be an action index (int) or an int array [m] = [{m}] over `grid`, got None.")
+    pol = np.asarray(policy)
+    if not np.issubdtype(pol.dtype, np.integer):
+        raise ValueError(f"`policy` must hold integer action indices, got dtype {pol.dtype}.")
+    if pol.shape not in ((), (m,)):
+        raise ValueError(
+            f"`policy` must be an int or have shape ({m},) (one action per point of `grid`), got {pol.shape}."
+        )
+    check_index_range("policy", pol, Z.shape[0], what="the action axis of `Z`")
+    pol = np.broadcast_to(pol.astype(np.int64), (m,))
     w = basis.volume / m
     ZP = np.einsum("mij,mj->mi", Z[pol], Phi)  # Z(π(s)) φ(s): [m, k]
     M = w * Phi.T @ ZP  # Σ_s φ(s) (Z(π(s)) φ(s))ᵀ  = Σ φ φᵀ Z(π(s))ᵀ
@@ -209,9 +241,10 @@ def projection_irl(
       Abbeel & Ng, ICML 2004 (apprenticeship learning via IRL, projection method).
     """
     Z, e = _check_problem(basis, Z_hat, expert_action, gamma)
-    check_positive("epsilon", epsilon)
-    check_positive("max_iters", max_iters)
-    grid = state_grid(basis, num_grid if num_grid is not None else max(4, int(math.ceil(1024 ** (1 / basis.dim)))))
+    check_real("epsilon", epsilon, 0.0, None, low_inclusive=False)
+    max_iters = check_int("max_iters", max_iters)
+    vi_iters = check_int("vi_iters", vi_iters)
+    grid = state_grid(basis, _default_num_grid(basis, num_grid))
     m = grid.shape[0]
     mu_E = feature_expectations_in_basis(basis, Z, e, gamma, grid)
     first = 1 if e == 0 else 0
@@ -295,20 +328,32 @@ def grid_value_iteration(
     Returns:
       :class:`GridVIResult`; :func:`grid_policy` turns it into a policy ``s -> action index``.
     """
+    check_callable("sampler", sampler, "a generative model sampler(key, s, a) -> s'")
+    check_callable("reward_fn", reward_fn, "a function R(s) for one state")
     check_key("key", key)
-    check_in_range("gamma", gamma, 0.0, 1.0, high_inclusive=False)
+    check_real("gamma", gamma, 0.0, 1.0, high_inclusive=False)
+    for name, v in (("low", low), ("high", high)):
+        if v is None:
+            raise ValueError(f"`{name}` must be a [d] array (the box), got None.")
+        if np.ndim(v) != 1 or np.shape(v)[0] < 1:
+            raise ValueError(f"`{name}` must be a non-empty [d] array (the box), got shape {np.shape(v)}.")
     low = np.asarray(low, np.float64).reshape(-1)
     high = np.asarray(high, np.float64).reshape(-1)
     d = low.shape[0]
-    if high.shape != (d,) or np.any(high <= low):
-        raise ValueError(f"`low` and `high` must be [d] arrays with low < high, got {low} and {high}.")
-    nums = (int(num_per_dim),) * d if np.isscalar(num_per_dim) else tuple(int(n) for n in num_per_dim)
-    if len(nums) != d or min(nums) < 2:
+    if high.shape != (d,) or not np.all(np.isfinite(low) & np.isfinite(high)) or np.any(high <= low):
+        raise ValueError(f"`low` and `high` must be finite [d] arrays with low < high, got {low} and {high}.")
+    if num_per_dim is None or isinstance(num_per_dim, str):
         raise ValueError(f"`num_per_dim` must be an int >= 2 or {d} such ints, got {num_per_dim!r}.")
-    acts = jnp.arange(int(actions)) if isinstance(actions, (int, np.integer)) else jnp.asarray(actions)
+    nums = (num_per_dim,) * d if np.isscalar(num_per_dim) else tuple(num_per_dim)
+    if len(nums) != d:
+        raise ValueError(f"`num_per_dim` must be an int >= 2 or {d} such ints, got {num_per_dim!r}.")
+    nums = tuple(check_int("num_per_dim", n, low=2) for n in nums)
+    acts = _action_values(actions)
+    num_iters = check_int("num_iters", num_iters)
+    num_next = check_int("num_next", num_next)
     axes = [low[t] + (np.arange(nums[t]) + 0.5) * (high[t] - low[t]) / nums[t] for t in range(d)]
     grid = jnp.asarray(np.stack([g.ravel() for g in np.meshgrid(*axes, indexing="ij")], 1), jnp.float32)
-    V, q = _grid_vi(sampler, reward_fn, grid, acts, gamma, key, tuple(low), tuple(high), nums, int(num_iters), int(num_next))
+    V, q = _grid_vi(sampler, reward_fn, grid, acts, gamma, key, tuple(low), tuple(high), nums, num_iters, num_next)
     return GridVIResult(V.reshape(nums), q, grid, low, high, nums)
 
 
@@ -336,6 +381,8 @@ def _grid_vi(sampler, reward_fn, grid, acts, gamma, key, low, high, nums, num_it
 def grid_policy(result: GridVIResult) -> Callable[[jax.Array], jax.Array]:
     """Greedy policy ``s -> argmax_a Q̃(s, a)`` from a :class:`GridVIResult` (multilinear
     interpolation of Q; jax-traceable, for one state [d])."""
+    if not isinstance(result, GridVIResult):
+        raise ValueError(f"`result` must be a GridVIResult from grid_value_iteration, got {type(result).__name__}.")
     A = result.q.shape[1]
     qs = result.q.reshape(*result.num_per_dim, A)
     low, high, nums = result.low, result.high, result.num_per_dim

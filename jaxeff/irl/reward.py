@@ -65,7 +65,8 @@ import numpy as np
 
 from jaxeff._core import LPResult, LPStatus, solve_lp
 from jaxeff._core.lp import LP_BACKENDS
-from jaxeff._core.validation import check_choice, check_in_range, check_positive
+from jaxeff._core.validation import check_choice, check_in_range
+from jaxeff.irl._checks import check_basis, check_int, check_real, check_Z
 from jaxeff.irl.bases import OrthonormalBasis
 
 __all__ = [
@@ -104,22 +105,31 @@ class IRLResult(NamedTuple):
     info: dict | None = None
 
 
-def _check_problem(basis, Z_hat, expert_action, gamma):
-    if not isinstance(basis, OrthonormalBasis):
-        raise ValueError(f"`basis` must be a jaxeff.irl basis, got {type(basis).__name__}.")
-    k = basis.num_features
-    Z = np.asarray(Z_hat, dtype=np.float64)
-    if Z.ndim != 3 or Z.shape[1:] != (k, k):
-        raise ValueError(f"`Z_hat` must have shape (num_actions, {k}, {k}) for a basis of k={k}, got {Z.shape}.")
-    if Z.shape[0] < 2:
-        raise ValueError(f"`Z_hat` must hold at least 2 actions (the expert's and a deviation), got {Z.shape[0]}.")
-    if not np.all(np.isfinite(Z)):
-        raise ValueError("`Z_hat` contains NaN or inf.")
-    check_in_range("gamma", gamma, 0.0, 1.0, high_inclusive=False)
-    A = Z.shape[0]
+def _check_expert_action(expert_action, A, z_name):
     if isinstance(expert_action, bool) or not isinstance(expert_action, (int, np.integer)) or not 0 <= expert_action < A:
-        raise ValueError(f"`expert_action` must be an int in [0, {A}) (the action axis of `Z_hat`), got {expert_action!r}.")
-    return Z, int(expert_action)
+        raise ValueError(f"`expert_action` must be an int in [0, {A}) (the action axis of `{z_name}`), got {expert_action!r}.")
+    return int(expert_action)
+
+
+def _check_problem(basis, Z_hat, expert_action, gamma, z_name="Z_hat"):
+    basis = check_basis(basis)
+    Z = check_Z(z_name, Z_hat, basis.num_features, min_actions=2)
+    check_real("gamma", gamma, 0.0, 1.0, high_inclusive=False)
+    return Z, _check_expert_action(expert_action, Z.shape[0], z_name)
+
+
+def _check_alpha(alpha, k):
+    if alpha is None:
+        raise ValueError(f"`alpha` must be reward coefficients of shape ({k},), got None.")
+    a = np.asarray(alpha, np.float64)
+    if a.shape != (k,):
+        raise ValueError(f"`alpha` must have shape ({k},) (one coefficient per basis function), got {a.shape}.")
+    return a
+
+
+def _check_num_grid(num_grid):
+    """``num_grid``: None (the default grid) or a positive int (points per dimension)."""
+    return None if num_grid is None else check_int("num_grid", num_grid)
 
 
 def expert_advantage_operators(Z_hat: Any, expert_action: int, gamma: float) -> np.ndarray:
@@ -135,8 +145,9 @@ def expert_advantage_operators(Z_hat: Any, expert_action: int, gamma: float) -> 
       >>> expert_advantage_operators(Z, 0, 0.5)[0].round(4).tolist()
       [[0.6667, 0.0], [0.0, 0.6667]]
     """
-    Z = np.asarray(Z_hat, dtype=np.float64)
-    check_in_range("gamma", gamma, 0.0, 1.0, high_inclusive=False)
+    Z = check_Z("Z_hat", Z_hat, min_actions=2)
+    check_real("gamma", gamma, 0.0, 1.0, high_inclusive=False)
+    expert_action = _check_expert_action(expert_action, Z.shape[0], "Z_hat")
     k = Z.shape[-1]
     M = np.eye(k) - gamma * Z[expert_action]
     cond = np.linalg.cond(M)
@@ -158,31 +169,54 @@ def state_grid(basis: OrthonormalBasis, num_per_dim: int | tuple[int, ...]) -> n
       >>> state_grid(CosineBasis(3), 4).ravel().tolist()
       [0.125, 0.375, 0.625, 0.875]
     """
+    basis = check_basis(basis)
     lo, hi = basis.bounds
     d = basis.dim
+    if num_per_dim is None or isinstance(num_per_dim, str):
+        raise ValueError(f"`num_per_dim` must be a positive int or {d} positive ints, got {num_per_dim!r}.")
     nums = (num_per_dim,) * d if np.isscalar(num_per_dim) else tuple(num_per_dim)
-    if len(nums) != d or any(int(n) < 1 for n in nums):
-        raise ValueError(f"`num_grid` must be a positive int or {d} positive ints, got {num_per_dim!r}.")
+    if len(nums) != d:
+        raise ValueError(f"`num_per_dim` must be a positive int or {d} positive ints, got {num_per_dim!r}.")
+    nums = tuple(check_int("num_per_dim", n) for n in nums)
     axes = [lo[t] + (np.arange(int(nums[t])) + 0.5) * (hi[t] - lo[t]) / int(nums[t]) for t in range(d)]
     mesh = np.meshgrid(*axes, indexing="ij")
     return np.stack([m.ravel() for m in mesh], axis=1)
 
 
 def lipschitz_bound(basis: OrthonormalBasis, F: np.ndarray) -> float:
-    """``L = max_{a,i} Σ_j |F_ij(a)| G_j``: Lipschitz constant of ``s ↦ αᵀF(a)φ(s)`` over ‖α‖₁ ≤ 1."""
+    """``L = max_{a,i} Σ_j |F_ij(a)| G_j``: Lipschitz constant of ``s ↦ αᵀF(a)φ(s)`` over ‖α‖₁ ≤ 1.
+
+    ``F`` is one k×k operator [k, k] or one per deviating action [A-1, k, k]
+    (:func:`expert_advantage_operators`).
+    """
+    basis = check_basis(basis)
+    k = basis.num_features
+    if F is None:
+        raise ValueError(f"`F` must be an array [A-1, {k}, {k}] or [{k}, {k}], got None.")
+    Fa = np.asarray(F, dtype=np.float64)
+    if Fa.ndim not in (2, 3) or Fa.shape[-1] != k or Fa.shape[-2] < 1 or (Fa.ndim == 3 and Fa.shape[0] < 1):
+        raise ValueError(f"`F` must have shape (A-1, {k}, {k}) or (m, {k}) for a basis of k={k}, got {Fa.shape}.")
     G = np.asarray(basis.grad_bounds(), dtype=np.float64)
-    return float(np.max(np.abs(F) @ G))
+    return float(np.max(np.abs(Fa) @ G))
+
+
+def _check_states(name, basis, states):
+    """States [m, d] (or [m] when d = 1) as float64, non-empty; NaN / inf refused."""
+    d = basis.dim
+    g = np.asarray(states, dtype=np.float64)
+    if d == 1 and g.ndim == 1:
+        g = g[:, None]
+    if g.ndim != 2 or g.shape[1] != d or g.shape[0] < 1:
+        raise ValueError(f"`{name}` must have shape (m, {d}) (states of dimension {d}), got {np.shape(states)}.")
+    if not np.all(np.isfinite(g)):
+        raise ValueError(f"`{name}` contains {int(np.sum(~np.isfinite(g)))} NaN or inf value(s); expected finite states.")
+    return g
 
 
 def _grid_for(basis, F, grid, num_grid, margin, lipschitz, max_grid_points):
     d = basis.dim
     if grid is not None:
-        g = np.asarray(grid, dtype=np.float64)
-        if d == 1 and g.ndim == 1:
-            g = g[:, None]
-        if g.ndim != 2 or g.shape[1] != d or g.shape[0] < 1:
-            raise ValueError(f"`grid` must have shape (m, {d}) (states of dimension {d}), got {np.shape(grid)}.")
-        return g, None
+        return _check_states("grid", basis, grid), None
     lo, hi = basis.bounds
     if lipschitz is not None:
         L = lipschitz_bound(basis, F) if lipschitz == "auto" else float(lipschitz)
@@ -213,11 +247,14 @@ def _constraint_rows(basis, F, grid):
 
 def reward_margins(basis: OrthonormalBasis, Z: Any, alpha: Any, expert_action: int, gamma: float, states: Any) -> np.ndarray:
     """``αᵀF(a)φ(s)`` for every state and deviating action, [n, A-1] (≥ 0 ⇔ expert optimal there)."""
-    Z, expert_action = _check_problem(basis, Z, expert_action, gamma)
+    Z, expert_action = _check_problem(basis, Z, expert_action, gamma, z_name="Z")
+    alpha = _check_alpha(alpha, basis.num_features)
+    if states is None:
+        raise ValueError(f"`states` must be an array of states [n, {basis.dim}], got None.")
+    g = _check_states("states", basis, states)
     F = expert_advantage_operators(Z, expert_action, gamma)
-    g, _ = _grid_for(basis, F, states, None, 1.0, None, np.inf)
     rows = _constraint_rows(basis, F, g).reshape(F.shape[0], g.shape[0], -1)
-    return np.einsum("ami,i->ma", rows, np.asarray(alpha, np.float64))
+    return np.einsum("ami,i->ma", rows, alpha)
 
 
 def fit_reward(
@@ -276,10 +313,13 @@ def fit_reward(
       arXiv 2102.07937.
     """
     Z, expert_action = _check_problem(basis, Z_hat, expert_action, gamma)
-    check_in_range("margin", margin, 0.0, None, low_inclusive=False)
+    check_real("margin", margin, 0.0, None, low_inclusive=False)
     check_choice("backend", backend, LP_BACKENDS)
-    if lipschitz is not None and not (lipschitz == "auto" or np.isscalar(lipschitz)):
-        raise ValueError(f"`lipschitz` must be None, a positive float or 'auto', got {lipschitz!r}.")
+    num_grid = _check_num_grid(num_grid)
+    if lipschitz is not None and not (isinstance(lipschitz, str) and lipschitz == "auto"):
+        if isinstance(lipschitz, str) or not np.isscalar(lipschitz):
+            raise ValueError(f"`lipschitz` must be None, a positive float or 'auto', got {lipschitz!r}.")
+        check_real("lipschitz", lipschitz, 0.0, None)
     F = expert_advantage_operators(Z, expert_action, gamma)
     g, nums = _grid_for(basis, F, grid, num_grid, float(margin), lipschitz, max_grid_points)
     C = _constraint_rows(basis, F, g)  # [R, k]: rows (F(a)φ(s))ᵀ
@@ -360,9 +400,10 @@ def ng_russell_lp(
       Ng & Russell, "Algorithms for Inverse Reinforcement Learning", ICML 2000, §4 (no arXiv id).
     """
     Z, expert_action = _check_problem(basis, Z_hat, expert_action, gamma)
-    check_in_range("penalty", penalty, 1.0, None)
-    check_positive("alpha_bound", alpha_bound)
+    check_real("penalty", penalty, 1.0, None)
+    check_real("alpha_bound", alpha_bound, 0.0, None, low_inclusive=False)
     check_choice("backend", backend, LP_BACKENDS)
+    num_grid = _check_num_grid(num_grid)
     F = expert_advantage_operators(Z, expert_action, gamma)
     g, nums = _grid_for(basis, F, grid, num_grid, 1.0, None, np.inf)
     m = g.shape[0]

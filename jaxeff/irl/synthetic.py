@@ -24,7 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxeff._core.validation import check_in_range, check_key
+from jaxeff._core.validation import check_key
+from jaxeff.irl._checks import check_int, check_real, check_Z
 from jaxeff.irl.bases import CosineBasis
 
 __all__ = ["SyntheticIRLProblem", "synthetic_irl_problem", "contradictory_irl_problem", "cosine_kernel_sampler"]
@@ -43,7 +44,15 @@ class SyntheticIRLProblem(NamedTuple):
 
 
 def cosine_kernel_sampler(basis: CosineBasis, Z: np.ndarray, *, iters: int = 26) -> Callable:
-    """Exact sampler of ``P(s'|s,a) = Σ Z_ij(a) φ_i(s') φ_j(s)`` on the basis' interval (inverse CDF by bisection)."""
+    """Exact sampler of ``P(s'|s,a) = Σ Z_ij(a) φ_i(s') φ_j(s)`` on the basis' interval (inverse CDF by bisection).
+
+    ``basis`` is a :class:`CosineBasis`, ``Z`` [A, k, k] (finite) and ``iters`` (a positive
+    int) the number of bisection steps.
+    """
+    if not isinstance(basis, CosineBasis):
+        raise ValueError(f"`basis` must be a CosineBasis (its antiderivative gives the CDF), got {type(basis).__name__}.")
+    Z = check_Z("Z", Z, basis.num_features, min_actions=1)
+    iters = check_int("iters", iters)
     Zj = jnp.asarray(Z, jnp.float32)
     lo, L = basis.low, basis.length
 
@@ -113,15 +122,13 @@ def synthetic_irl_problem(
       ((3, 6, 6), True)
     """
     check_key("key", key)
-    if int(k) < 2:
-        raise ValueError(f"`k` must be at least 2, got {k}.")
-    if int(num_actions) < 2:
-        raise ValueError(f"`num_actions` must be at least 2, got {num_actions}.")
-    check_in_range("gamma", gamma, 0.0, 1.0, high_inclusive=False)
-    check_in_range("mass", mass, 0.0, 0.5, low_inclusive=False)
-    check_in_range("noise", noise, 0.0, 1.0, high_inclusive=False)
-    check_in_range("deviation_scale", deviation_scale, 0.0, 1.0, low_inclusive=False)
-    basis = CosineBasis(int(k))
+    k = check_int("k", k, low=2)
+    num_actions = check_int("num_actions", num_actions, low=2)
+    check_real("gamma", gamma, 0.0, 1.0, high_inclusive=False)
+    check_real("mass", mass, 0.0, 0.5, low_inclusive=False)
+    check_real("noise", noise, 0.0, 1.0, high_inclusive=False)
+    check_real("deviation_scale", deviation_scale, 0.0, 1.0, low_inclusive=False)
+    basis = CosineBasis(k)
     for attempt in range(100):
         rng = np.random.default_rng(np.asarray(jax.random.key_data(jax.random.fold_in(key, attempt))).ravel())
         Z0 = np.zeros((k, k))
@@ -152,13 +159,14 @@ def contradictory_irl_problem(key: jax.Array, k: int, gamma: float = 0.9, *, mas
     Actions 1 and 2 are mirror deviations, ``Z(1) = Z(0) - D`` and ``Z(2) = Z(0) + D``, so
     ``F(2) = -F(1)``: ``αᵀF(1)φ(s) ≥ τ > 0`` forces ``αᵀF(2)φ(s) ≤ -τ``. (Weak optimality,
     margin 0, remains possible, e.g. with α = 0 or a constant reward.) ``alpha`` is NaN and
-    ``margin`` is the best achievable, 0.
+    ``margin`` is the best achievable, 0. ``k`` (≥ 2), ``gamma`` and ``mass`` (in (0, 0.5]) are as
+    in :func:`synthetic_irl_problem`.
     """
     check_key("key", key)
-    if int(k) < 2:
-        raise ValueError(f"`k` must be at least 2, got {k}.")
-    check_in_range("gamma", gamma, 0.0, 1.0, high_inclusive=False)
-    basis = CosineBasis(int(k))
+    k = check_int("k", k, low=2)
+    check_real("gamma", gamma, 0.0, 1.0, high_inclusive=False)
+    check_real("mass", mass, 0.0, 0.5, low_inclusive=False)
+    basis = CosineBasis(k)
     rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel())
     Z0 = np.zeros((k, k))
     Z0[1:] = _scaled(rng.normal(size=(k - 1, k)), mass / 2)
