@@ -9,7 +9,16 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from jaxeff._core.validation import check_finite, check_in_range, check_key, check_ndim, check_traced_in_range, error_if
+from jaxeff._core.validation import (
+    check_callable,
+    check_finite,
+    check_int,
+    check_key,
+    check_ndim,
+    check_number,
+    check_traced_in_range,
+    error_if,
+)
 from jaxeff.stability._hessian import hvp, top_eigenvalues
 
 __all__ = [
@@ -28,20 +37,40 @@ __all__ = [
 ]
 
 
-def _check_hessians(hessians: Any) -> jax.Array:
-    check_ndim("hessians", hessians, 3)
+def _check_hessians(hessians: Any, name: str = "hessians") -> jax.Array:
+    if hessians is None:
+        raise ValueError(f"`{name}` must be an array of per-example Hessians of shape (n, p, p), got None.")
+    check_ndim(name, hessians, 3)
     h = jnp.asarray(hessians, jnp.float32)
     if h.shape[1] != h.shape[2]:
-        raise ValueError(f"`hessians` must have shape (n, p, p), got {h.shape}.")
+        raise ValueError(f"`{name}` must have shape (n, p, p), got {h.shape}.")
     if h.shape[0] < 1:
-        raise ValueError("`hessians` must hold at least one example.")
-    check_finite("hessians", hessians)
+        raise ValueError(f"`{name}` must hold at least one example.")
+    check_finite(name, hessians)
     return h
 
 
+def _check_loss_params_data(per_example_loss_fn: Any, params: Any, data: Any) -> int:
+    """Check the per-example loss, the parameters and the data; return the number n of examples."""
+    check_callable("per_example_loss_fn", per_example_loss_fn, "a callable f(params, example) -> scalar")
+    if params is None or not jax.tree_util.tree_leaves(params):
+        raise ValueError(f"`params` must be an array or a pytree with at least one array leaf, got {params!r}.")
+    leaves = jax.tree_util.tree_leaves(data)
+    if data is None or not leaves:
+        raise ValueError(f"`data` must be an array or a pytree of arrays with a common leading axis n, got {data!r}.")
+    sizes = {np.shape(x)[0] if np.ndim(x) else None for x in leaves}
+    if None in sizes:
+        raise ValueError("every leaf of `data` must have a leading example axis; got a scalar leaf.")
+    if len(sizes) != 1:
+        raise ValueError(f"every leaf of `data` must have the same leading size n, got {sorted(sizes)}.")
+    (n,) = sizes
+    if n < 1:
+        raise ValueError("`data` must hold at least one example (leading axis of size 0).")
+    return int(n)
+
+
 def _check_lr_batch(lr: Any, batch_size: Any, n: int) -> None:
-    if not isinstance(lr, jax.core.Tracer) and not float(lr) > 0:
-        raise ValueError(f"`lr` must be > 0, got {lr!r}.")
+    check_number("lr", lr, 0.0, None, low_inclusive=False)  # a traced lr is checked at run time
     if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool):
         raise ValueError(f"`batch_size` must be an int, got {batch_size!r}.")
     if batch_size < 1 or batch_size > n:
@@ -73,6 +102,7 @@ def per_example_hessians(per_example_loss_fn: Callable[..., jax.Array], params: 
       Dexter et al., "A Precise Characterization of SGD Stability Using Loss Surface Geometry",
       arXiv 2401.12332.
     """
+    _check_loss_params_data(per_example_loss_fn, params, data)
     flat, unravel = ravel_pytree(params)
     f = lambda x, ex: per_example_loss_fn(unravel(x), ex)  # noqa: E731
     return jax.vmap(jax.hessian(f), in_axes=(None, 0))(flat, data).astype(jnp.float32)
@@ -114,8 +144,12 @@ def coherence(hessians: Any, *, psd_tol: float = 1e-2) -> jax.Array:
     References:
       Dexter et al., arXiv 2401.12332 (Definition of the coherence measure).
     """
-    check_in_range("psd_tol", psd_tol, 0.0, 1.0, high_inclusive=False)
-    h = _check_hessians(hessians)
+    check_number("psd_tol", psd_tol, 0.0, 1.0, high_inclusive=False)
+    return _coherence(_check_hessians(hessians), psd_tol, "hessians")
+
+
+def _coherence(h: jax.Array, psd_tol: float, name: str) -> jax.Array:
+    """:func:`coherence` of checked float32 Hessians ``h``; errors name the argument ``name``."""
     S = coherence_matrix(h)
     lam_s = jnp.linalg.eigvalsh(S)[-1]
     ev = jnp.linalg.eigvalsh(h)  # [n, p] ascending (symmetrized from the lower triangle)
@@ -124,10 +158,10 @@ def coherence(hessians: Any, *, psd_tol: float = 1e-2) -> jax.Array:
     sigma = lam_s / lam_i
     hmax = jnp.max(jnp.abs(h))
     sigma = error_if(sigma, jnp.max(jnp.abs(h - jnp.swapaxes(h, 1, 2))) > 1e-4 * hmax,
-                     "`hessians` must be symmetric (H_i = H_i^T).")
-    sigma = error_if(sigma, scale == 0, "`hessians` are all zero: the coherence sigma is undefined (0/0).")
+                     f"`{name}` must be symmetric (H_i = H_i^T).")
+    sigma = error_if(sigma, scale == 0, f"`{name}` are all zero: the coherence sigma is undefined (0/0).")
     return error_if(sigma, jnp.min(ev) < -psd_tol * scale,
-                    "`hessians` must be positive semi-definite: an eigenvalue is below -psd_tol * max|eigenvalue| "
+                    f"`{name}` must be positive semi-definite: an eigenvalue is below -psd_tol * max|eigenvalue| "
                     "(coherence and its stability theorems are defined for PSD Hessians only).")
 
 
@@ -177,9 +211,11 @@ def coherence_estimate(
     References:
       Dexter et al., arXiv 2401.12332; Hutchinson 1989.
     """
+    n = _check_loss_params_data(per_example_loss_fn, params, data)
     check_key("key", key)
     if not isinstance(num_probes, int) or num_probes < 1:
         raise ValueError(f"`num_probes` must be a positive int, got {num_probes!r}.")
+    check_int("num_power_iters", num_power_iters, 1)
     flat, unravel = ravel_pytree(params)
     p = flat.shape[0]
     f = lambda x, ex: per_example_loss_fn(unravel(x), ex)  # noqa: E731
@@ -195,7 +231,6 @@ def coherence_estimate(
         U = all_hvp(v, data)
         return G + U @ U.T, None
 
-    n = jax.tree.leaves(data)[0].shape[0]
     G, _ = jax.lax.scan(acc, jnp.zeros((n, n), jnp.float32), probes)
     S = jnp.sqrt(jnp.maximum(G / num_probes, 0.0))
 
@@ -290,10 +325,10 @@ def sgd_stability(hessians_or_estimate: Any, lr: float, batch_size: int) -> SGDS
         n = int(est.s_matrix.shape[0])
         lam, sigma = est.hessian_lambda_max, est.sigma
     else:
-        h = _check_hessians(hessians_or_estimate)
+        h = _check_hessians(hessians_or_estimate, "hessians_or_estimate")
         n = int(h.shape[0])
         lam = jnp.linalg.eigvalsh(jnp.mean(h, axis=0))[-1]
-        sigma = coherence(h)
+        sigma = _coherence(h, 1e-2, "hessians_or_estimate")
     _check_lr_batch(lr, batch_size, n)
     k = n / batch_size - 1.0
     theorem1 = sigma / (lr * np.sqrt(k)) if k > 0 else jnp.float32(np.inf)
@@ -406,7 +441,7 @@ def simulate_linearized_sgd(
       steps: number of SGD steps.
       num_runs: independent runs.
       w0: start point [p] (shared by all runs) or None.
-      divergence_factor: a run diverged when its squared norm grew by this factor.
+      divergence_factor: a run diverged when its squared norm grew by this factor (> 0).
       second_moment: also iterate the exact second-moment recursion.
 
     Returns:
@@ -430,6 +465,7 @@ def simulate_linearized_sgd(
         raise ValueError(f"`steps` must be a positive int, got {steps!r}.")
     if not isinstance(num_runs, int) or num_runs < 1:
         raise ValueError(f"`num_runs` must be a positive int, got {num_runs!r}.")
+    check_number("divergence_factor", divergence_factor, 0.0, None, low_inclusive=False)
     kw, ks = jax.random.split(key)
     if w0 is None:
         w0 = jax.random.uniform(kw, (p,), jnp.float32)
@@ -503,6 +539,13 @@ def coherence_construction(n: int, sigma: int, lam: float, p: int | None = None,
     directions are not shared) and :math:`\lambda_1(H) = \lambda` along :math:`e_1` (when the
     others are small enough).
 
+    Args:
+      n: number of examples (int >= 1).
+      sigma: number of examples sharing the top direction, an int in [1, n].
+      lam: target sharpness :math:`\lambda_1(H)`, a finite number > 0.
+      p: dimension (int >= 1); default ``1 + n - sigma``.
+      other_curvature: curvature (>= 0, finite) of the other examples.
+
     Example:
       >>> float(coherence(coherence_construction(10, 4, 1.0, 3)))
       4.0
@@ -511,7 +554,9 @@ def coherence_construction(n: int, sigma: int, lam: float, p: int | None = None,
         raise ValueError(f"`n` must be a positive int, got {n!r}.")
     if not isinstance(sigma, int) or not 1 <= sigma <= n:
         raise ValueError(f"`sigma` must be an int in [1, n={n}], got {sigma!r}.")
-    p = 1 + (n - sigma) if p is None else p
+    check_number("lam", lam, 0.0, np.inf, low_inclusive=False, high_inclusive=False)
+    check_number("other_curvature", other_curvature, 0.0, np.inf, high_inclusive=False)
+    p = 1 + (n - sigma) if p is None else check_int("p", p)
     if p < 1:
         raise ValueError(f"`p` must be >= 1, got {p}.")
     h = np.zeros((n, p, p), np.float32)
