@@ -27,6 +27,11 @@ Stages:
   batch, with probability λ, on-policy as in GKD (arXiv 2306.13649): the student continues the
   window's first ``on_policy_prompt_len`` tokens (default half) at ``on_policy_temperature``,
   and the loss is the divergence to the teacher on the generated tokens only.
+  ``master_weights`` (also in ``teacher.train``): ``auto`` keeps the parameters as placed (the
+  topology's ``dtypes.params``, e.g. fp32 master weights under bf16 compute); ``bfloat16``
+  stores them in bf16 during the stage (round-to-nearest updates, which stagnate once an update
+  is below half an ulp); ``bfloat16_sr`` stores them in bf16 with stochastic-rounding updates
+  (:func:`~jaxeff.rounding.sr_optimizer`, unbiased: the implicit-regularization paper's use).
 * ``prune``: structured one-shot pruning (:func:`~jaxeff.prune.prune_structured`, OSSCAR or
   magnitude) of SwiGLU neurons (``mlp_sparsity``) and whole GQA KV groups
   (``kv_group_sparsity``), then :func:`~jaxeff.prune.shrink`: a smaller valid config.
@@ -104,6 +109,9 @@ def _unit(v):  # [0, 1]
 
 
 _DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "tvd")
+# parameter storage during a training stage: as placed (topology dtypes.params), bf16 with
+# round-to-nearest updates, or bf16 with stochastic-rounding updates (jaxeff.rounding.sr_optimizer)
+_MASTER = ("auto", "bfloat16", "bfloat16_sr")
 _DISTILL = {
     "steps": (_pos_int, 100, "a positive integer"),
     "batch_size": (_pos_int, 8, "a positive integer"),
@@ -126,9 +134,10 @@ _DISTILL = {
                               1.0, "a number >= 0 (0 = greedy)"),
     "sft_baseline": (lambda v: isinstance(v, bool), False,
                      "true or false (also train a copy of the stage's input on hard labels only, for comparison)"),
+    "master_weights": (lambda v: v in _MASTER, "auto", f"one of {_MASTER}"),
     "seed": (_nonneg_int, 0, "an integer >= 0"),
 }
-_TRAIN = {k: _DISTILL[k] for k in ("steps", "batch_size", "lr", "weight_decay", "warmup_steps", "seed")}
+_TRAIN = {k: _DISTILL[k] for k in ("steps", "batch_size", "lr", "weight_decay", "warmup_steps", "master_weights", "seed")}
 _PRUNE = {
     "method": (lambda v: v in ("osscar", "magnitude"), "osscar", "'osscar' or 'magnitude'"),
     "mlp_sparsity": (_frac01, 0.5, "a fraction in [0, 1)"),
@@ -559,7 +568,19 @@ def _train(model, train, s, loss, where, progress, desc, extra=None, on_policy=N
     """
     from jaxeff.sam import msam_nnx_loss_fn
 
-    opt = nnx.Optimizer(model, _optimizer(s), wrt=nnx.Param)
+    master = s.get("master_weights", "auto")
+    restore = None
+    if master != "auto":  # bf16 master weights for this stage; cast back (exactly) afterwards
+        params = nnx.state(model, nnx.Param)
+        restore = jax.tree.map(lambda x: x.dtype, params)
+        nnx.update(model, jax.tree.map(lambda x: x.astype(jnp.bfloat16) if jnp.issubdtype(x.dtype, jnp.floating)
+                                       else x, params))
+    tx = _optimizer(s)
+    if master == "bfloat16_sr":
+        from jaxeff.rounding import sr_optimizer
+
+        tx = sr_optimizer(tx, "bf16", key=s["seed"] + s.get("run_seed", 0))
+    opt = nnx.Optimizer(model, tx, wrt=nnx.Param)
     use_msam = s.get("optimizer") == "msam"
 
     def make_step(lossf):
@@ -598,6 +619,8 @@ def _train(model, train, s, loss, where, progress, desc, extra=None, on_policy=N
         losses.append(float(step(model, opt, where.rows(train[idx]), *ex)))
     out = {"first_loss": losses[0], "last_loss": float(np.mean(losses[-max(1, len(losses) // 10):])),
            "steps": len(losses)}
+    if restore is not None:
+        nnx.update(model, jax.tree.map(lambda x, d: x.astype(d), nnx.state(model, nnx.Param), restore))
     if on_policy is not None:
         out["on_policy_steps"] = n_on
     return out

@@ -202,3 +202,31 @@ def test_on_policy_distill_step_is_kd_on_the_students_own_samples(corpus):
     info = _distill(student, teacher, train, s, None, _Placement(), False, "t")
     assert info["on_policy_steps"] == 2
     assert info["first_loss"] == pytest.approx(want, rel=1e-4)
+
+
+def test_bf16_master_weights_stochastic_rounding_escapes_stagnation(corpus):
+    """Updates far below half a bf16 ulp: round-to-nearest bf16 storage never moves a weight
+    (stagnation), stochastic rounding (jaxeff.rounding.sr_optimizer) moves some, in expectation
+    by the update; after the stage the weights are float32 again and exactly bf16 values."""
+    import jax
+    from flax import nnx
+
+    from jaxeff.compress import _TRAIN, _fill, _lm_loss, _llama_config, _Placement, _train, load_corpus
+    from jaxeff.models import random_init
+
+    rec = load_recipe(_recipe(corpus))
+    train, _, _ = load_corpus(rec["data"], None, 256)
+    cfg = _llama_config({**TEACHER, **rec["student"]["config"]})
+    w0 = [np.asarray(x, np.float32) for x in jax.tree.leaves(nnx.state(random_init(cfg, 1), nnx.Param))]
+    moved = {}
+    for mw in ("bfloat16", "bfloat16_sr"):
+        m = random_init(cfg, 1)
+        s = _fill("t", {"steps": 4, "batch_size": 4, "lr": 1e-7, "master_weights": mw}, _TRAIN)
+        _train(m, train, s, _lm_loss, _Placement(), False, "t")
+        w = [np.asarray(x) for x in jax.tree.leaves(nnx.state(m, nnx.Param))]
+        assert all(x.dtype == np.float32 for x in w)
+        assert all(np.array_equal(x, x.astype(jnp.bfloat16).astype(np.float32)) for x in w)
+        # weights with |w| > 1e-3: half a bf16 ulp is > 1e-6, ten times the Adam step of ~lr
+        moved[mw] = sum(int(((x != a.astype(jnp.bfloat16).astype(np.float32)) & (np.abs(a) > 1e-3)).sum())
+                        for x, a in zip(w, w0))
+    assert moved["bfloat16"] == 0 and moved["bfloat16_sr"] > 0, moved

@@ -3,6 +3,8 @@
 Thin wrappers around :mod:`jaxeff._core.validation` that also refuse ``None``, strings,
 booleans and non-integers where a number or a count is required (``check_in_range`` alone
 would fail on ``float(None)`` without naming the argument, and ``int(2.5)`` would truncate).
+:func:`check_int` differs from ``validation.check_int`` in accepting integral floats
+(``4.0``) and 0-d integer arrays, which these functions accepted through ``int()`` before.
 """
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxeff._core.validation import check_in_range, is_traced
+from jaxeff._core.validation import check_callable, check_number, is_traced
 
 __all__ = ["check_int", "check_real", "check_callable", "check_basis", "check_Z"]
 
@@ -58,29 +60,10 @@ def check_real(
     low_inclusive: bool = True,
     high_inclusive: bool = True,
 ) -> Any:
-    """Raise unless ``v`` is a real scalar (not None, a bool or a string) in the given interval.
-
-    NaN is always refused. Returns ``v`` unchanged (a traced ``v`` is not range-checked).
-    """
-    if is_traced(v):
-        return v
-    ok = not (v is None or isinstance(v, (bool, np.bool_, str, bytes)))
-    if ok:
-        try:
-            ok = np.ndim(v) == 0 and np.isrealobj(v)
-            float(v)
-        except (TypeError, ValueError):
-            ok = False
-    if not ok:
-        raise ValueError(f"`{name}` must be a real number, got {_describe(v)}.")
-    check_in_range(name, v, low, high, low_inclusive=low_inclusive, high_inclusive=high_inclusive)
+    """:func:`jaxeff._core.validation.check_number` (a real scalar in the interval, NaN refused),
+    returning ``v`` unchanged (a traced ``v`` is not range-checked)."""
+    check_number(name, v, low, high, low_inclusive=low_inclusive, high_inclusive=high_inclusive)
     return v
-
-
-def check_callable(name: str, f: Any, what: str = "a function") -> Any:
-    if not callable(f):
-        raise ValueError(f"`{name}` must be {what}, got {_describe(f)}.")
-    return f
 
 
 def check_basis(basis: Any, name: str = "basis"):
