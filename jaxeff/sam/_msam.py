@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxeff._core.validation import check_choice, check_in_range
+from jaxeff._core.validation import check_callable, check_choice, check_number
 
 __all__ = ["MSAMState", "msam", "sam", "msam_gradient", "msam_nnx_loss_fn"]
 
@@ -201,12 +201,15 @@ def msam_gradient(
       Behdin et al., "mSAM: Micro-Batch-Averaged Sharpness-Aware Minimization", arXiv 2302.09693;
       Foret et al., arXiv 2010.01412 (SAM); Kwon et al., arXiv 2102.11600 (ASAM).
     """
-    check_in_range("rho", rho, 0.0, None)
-    check_in_range("eps", eps, 0.0, None)  # 0 allowed: matches optax.contrib.sam exactly
-    check_in_range("asam_eta", asam_eta, 0.0, None)
+    check_number("rho", rho, 0.0, None)
+    check_number("eps", eps, 0.0, None)  # 0 allowed: matches optax.contrib.sam exactly
+    check_number("asam_eta", asam_eta, 0.0, None)
     check_choice("mode", mode, ("vmap", "scan"))
     if not isinstance(num_microbatches, int) or num_microbatches < 1:
         raise ValueError(f"`num_microbatches` must be a positive int, got {num_microbatches!r}.")
+    check_callable("loss_fn", loss_fn, "a callable loss_fn(params, batch) -> scalar")
+    if params is None or not jax.tree_util.tree_leaves(params):
+        raise ValueError(f"`params` must be an array or a pytree with at least one array leaf, got {params!r}.")
     m = num_microbatches
     if ascent_grads is not None:
         if m != 1:
@@ -332,9 +335,9 @@ def msam(
       Behdin et al., "mSAM: Micro-Batch-Averaged Sharpness-Aware Minimization", arXiv 2302.09693;
       Foret et al., arXiv 2010.01412; Kwon et al., arXiv 2102.11600.
     """
-    check_in_range("rho", rho, 0.0, None)
-    check_in_range("eps", eps, 0.0, None)  # 0 allowed: matches optax.contrib.sam exactly
-    check_in_range("asam_eta", asam_eta, 0.0, None)
+    check_number("rho", rho, 0.0, None)
+    check_number("eps", eps, 0.0, None)  # 0 allowed: matches optax.contrib.sam exactly
+    check_number("asam_eta", asam_eta, 0.0, None)
     check_choice("mode", mode, ("vmap", "scan"))
     if not isinstance(num_microbatches, int) or isinstance(num_microbatches, bool) or num_microbatches < 1:
         raise ValueError(f"`num_microbatches` must be a positive int, got {num_microbatches!r}.")
@@ -455,6 +458,10 @@ def msam_nnx_loss_fn(model: Any, loss: Callable[..., jax.Array], wrt: Any = None
     """
     from flax import nnx
 
+    is_node = nnx.graph.is_graph_node
+    if model is None or not any(is_node(x) for x in jax.tree_util.tree_leaves(model, is_leaf=is_node)):
+        raise TypeError(f"`model` must be a flax nnx.Module (a graph node), got {type(model).__name__}.")
+    check_callable("loss", loss, "a callable loss(model, batch) -> scalar")
     wrt = nnx.Param if wrt is None else wrt
     graphdef, _, rest = nnx.split(model, wrt, ...)
 

@@ -356,3 +356,51 @@ def test_bf16_params_keep_dtype(setup):
     assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(u))
     ref = jax.tree.map(lambda d: -0.1 * d, _ref_msam_direction(params, batch, 0.05, 4))
     _close(jax.tree.map(lambda x: x.astype(jnp.float32), u), ref, rtol=5e-2, atol=2e-3)
+
+
+# --------------------------------------------------------------------------- issue 17: clear errors
+@pytest.mark.parametrize("name", ["rho", "eps", "asam_eta"])
+@pytest.mark.parametrize("bad", [None, "0.1", float("nan"), -1.0, jnp.ones(2)])
+def test_msam_bad_numbers(name, bad):
+    kw = {"rho": 0.05, "eps": 1e-12, "asam_eta": 0.0} | {name: bad}
+    with pytest.raises(ValueError, match=f"`{name}`"):
+        msam(optax.sgd(0.1), num_microbatches=2, **kw)
+    p = {"w": jnp.ones(3)}
+    b = {"x": jnp.ones((4, 3)), "y": jnp.zeros(4)}
+    loss = lambda w, bb: jnp.mean((bb["x"] @ w["w"] - bb["y"]) ** 2)  # noqa: E731
+    with pytest.raises(ValueError, match=f"`{name}`"):
+        msam_gradient(loss, p, b, num_microbatches=2, **kw)
+
+
+@pytest.mark.parametrize("kw, name", [({"loss_fn": None}, "loss_fn"), ({"loss_fn": 3}, "loss_fn"),
+                                      ({"params": None}, "params"), ({"params": {}}, "params")])
+def test_msam_gradient_bad_loss_or_params(kw, name):
+    loss = lambda w, bb: jnp.mean((bb["x"] @ w["w"] - bb["y"]) ** 2)  # noqa: E731
+    args = {"loss_fn": loss, "params": {"w": jnp.ones(3)}, "batch": {"x": jnp.ones((4, 3)), "y": jnp.zeros(4)},
+            "rho": 0.05, "num_microbatches": 2} | kw
+    with pytest.raises((ValueError, TypeError), match=f"`{name}`"):
+        msam_gradient(**args)
+
+
+def test_msam_traced_rho_still_works():
+    loss = lambda w, bb: jnp.mean((bb["x"] @ w - bb["y"]) ** 2)  # noqa: E731
+    b = {"x": jnp.ones((4, 3)), "y": jnp.zeros(4)}
+    f = jax.jit(lambda rho: msam_gradient(loss, jnp.ones(3), b, rho, 2))
+    np.testing.assert_allclose(np.asarray(f(0.05)), np.asarray(msam_gradient(loss, jnp.ones(3), b, 0.05, 2)),
+                               rtol=1e-6)
+
+
+class _Tiny(nnx.Module):
+    def __init__(self):
+        self.l = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
+
+    def __call__(self, x):
+        return self.l(x)
+
+
+@pytest.mark.parametrize("kw, name", [({"model": None}, "model"), ({"model": 3}, "model"),
+                                      ({"loss": None}, "loss")])
+def test_msam_nnx_loss_fn_bad_input(kw, name):
+    args = {"model": _Tiny(), "loss": lambda m, b: jnp.mean(m(b) ** 2)} | kw
+    with pytest.raises((ValueError, TypeError), match=f"`{name}`"):
+        msam_nnx_loss_fn(**args)
