@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxeff._core.validation import check_choice, check_key
-from jaxeff.rounding.formats import FixedGrid, FloatFormat, float_format
+from jaxeff.rounding.formats import FixedGrid, FloatFormat, _to_format
 from jaxeff.rounding.noise import NOISE_SOURCES, sr_noise_bits
 
 __all__ = ["round_to", "stochastic_round", "ROUNDING_MODES"]
@@ -303,7 +303,7 @@ def round_to(
       Dexter, Boutsikas, Ma, Ipsen, Drineas, arXiv:2403.12278; Croci et al. 2022 (SR survey).
     """
     check_choice("mode", mode, ROUNDING_MODES)
-    fmt = float_format(fmt)
+    fmt = _to_format(fmt, "fmt")
     if x is None:
         raise ValueError("`x` must be a floating array, got None.")
     if noise is None or not (isinstance(noise, str) or hasattr(noise, "dtype")):

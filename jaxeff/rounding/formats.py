@@ -95,7 +95,7 @@ class FloatFormat:
     def __post_init__(self):
         for nm in ("exp_bits", "man_bits", "bias"):
             v = getattr(self, nm)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer))):
+            if (v is not None or nm != "bias") and (isinstance(v, bool) or not isinstance(v, (int, np.integer))):
                 raise ValueError(f"`{nm}` must be an int, got {v!r}.")
         if not 2 <= self.exp_bits <= 8:
             raise ValueError(f"`exp_bits` must be in [2, 8] (formats no wider than float32), got {self.exp_bits}.")
@@ -273,13 +273,18 @@ def float_format(spec: Any) -> FloatFormat | FixedGrid:
       >>> float_format("bf16") is BF16
       True
     """
+    return _to_format(spec, "spec")
+
+
+def _to_format(spec: Any, name: str = "fmt") -> FloatFormat | FixedGrid:
+    """:func:`float_format` whose errors name the caller's argument ``name``."""
     if isinstance(spec, (FloatFormat, FixedGrid)):
         return spec
     if isinstance(spec, str):
         key = spec.lower()
         if key in _ALIASES:
             return _ALIASES[key]
-        raise ValueError(f"`fmt` must be a FloatFormat, FixedGrid, dtype or one of {sorted(_ALIASES)}, got {spec!r}.")
+        raise ValueError(f"`{name}` must be a FloatFormat, FixedGrid, dtype or one of {sorted(_ALIASES)}, got {spec!r}.")
     try:
         dt = jnp.dtype(spec)
     except TypeError:
@@ -288,7 +293,7 @@ def float_format(spec: Any) -> FloatFormat | FixedGrid:
         natives = _native_formats()
         if dt in natives:
             return natives[dt]
-    raise ValueError(f"`fmt` must be a FloatFormat, FixedGrid, a preset name or a low-precision dtype, got {spec!r}.")
+    raise ValueError(f"`{name}` must be a FloatFormat, FixedGrid, a preset name or a low-precision dtype, got {spec!r}.")
 
 
 def representable_values(fmt: FloatFormat) -> np.ndarray:
@@ -297,7 +302,7 @@ def representable_values(fmt: FloatFormat) -> np.ndarray:
     This is the slow reference the tests check :func:`round_to` against; it decodes each bit
     pattern independently of the fast rounding kernel.
     """
-    fmt = float_format(fmt)
+    fmt = _to_format(fmt, "fmt")
     if not isinstance(fmt, FloatFormat):
         raise ValueError("`fmt` must be a FloatFormat.")
     if fmt.exp_bits + fmt.man_bits > 16:

@@ -30,7 +30,7 @@ References:
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -87,6 +87,19 @@ def hash_bits(seeds: jax.Array, shape: Sequence[int]) -> jax.Array:
     return _hash_bits_jit(jnp.asarray(seeds, jnp.uint32), tuple(int(s) for s in shape))
 
 
+def _check_shape_arg(name: str, shape: Any) -> tuple[int, ...]:
+    """``shape`` as a tuple of ints >= 0, or a ValueError naming ``name``."""
+    try:
+        dims = tuple(shape)
+    except TypeError:
+        dims = None
+    if dims is None or isinstance(shape, (str, bytes)) or any(
+        isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 0 for s in dims
+    ):
+        raise ValueError(f"`{name}` must be a sequence of non-negative ints, got {shape!r}.")
+    return tuple(int(s) for s in dims)
+
+
 def sr_noise_bits(key: jax.Array, shape: Sequence[int], noise: str = "hash") -> jax.Array:
     """Uniform random uint32 words of ``shape`` for stochastic rounding.
 
@@ -110,7 +123,7 @@ def sr_noise_bits(key: jax.Array, shape: Sequence[int], noise: str = "hash") -> 
     """
     check_key("key", key)
     check_choice("noise", noise, NOISE_SOURCES)
-    shape = tuple(int(s) for s in shape)
+    shape = _check_shape_arg("shape", shape)
     if noise == "jax":
         return jax.random.bits(key, shape, jnp.uint32)
     seeds = jax.random.bits(key, (2,), jnp.uint32)

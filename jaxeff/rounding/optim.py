@@ -27,7 +27,7 @@ import optax
 
 from jaxeff._core.validation import check_choice, check_key
 from jaxeff.rounding.core import round_to
-from jaxeff.rounding.formats import FloatFormat, float_format
+from jaxeff.rounding.formats import FloatFormat, _to_format
 from jaxeff.rounding.noise import NOISE_SOURCES
 
 __all__ = ["sr_apply_updates", "sr_optimizer", "SROptimizerState"]
@@ -67,11 +67,17 @@ def sr_apply_updates(key: jax.Array, params: Any, updates: Any, fmt: Any = "bf16
     """
     check_key("key", key)
     check_choice("noise", noise, NOISE_SOURCES)
-    fmt = float_format(fmt)
+    fmt = _to_format(fmt, "fmt")
     if not isinstance(fmt, FloatFormat):
         raise ValueError(f"`fmt` must be a floating-point format for parameter storage, got {fmt!r}.")
+    if params is None:
+        raise ValueError("`params` must be an array or a pytree of arrays, got None.")
     p_leaves, treedef = jax.tree.flatten(params)
-    u_leaves = treedef.flatten_up_to(updates)
+    try:
+        u_leaves = treedef.flatten_up_to(updates)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"`updates` must have the pytree structure of `params` ({treedef}), got "
+                         f"{jax.tree.structure(updates)}: {e}") from e
     keys = jax.random.split(key, max(len(p_leaves), 1))
     out = []
     for i, (p, u) in enumerate(zip(p_leaves, u_leaves)):
@@ -139,7 +145,7 @@ def sr_optimizer(
     if not isinstance(inner, optax.GradientTransformation):
         raise ValueError(f"`inner` must be an optax.GradientTransformation, got {type(inner).__name__}.")
     check_choice("noise", noise, NOISE_SOURCES)
-    fmt = float_format(fmt)
+    fmt = _to_format(fmt, "fmt")
     if not isinstance(fmt, FloatFormat):
         raise ValueError(f"`fmt` must be a floating-point format for parameter storage, got {fmt!r}.")
     if isinstance(key, int) and not isinstance(key, bool):

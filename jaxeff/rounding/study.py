@@ -29,9 +29,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxeff._core.validation import check_choice, check_in_range, check_key, check_ndim
+from jaxeff._core.validation import (
+    check_choice,
+    check_finite,
+    check_int,
+    check_key,
+    check_ndim,
+    check_number,
+    check_same_shape,
+)
 from jaxeff.rounding.core import round_to
-from jaxeff.rounding.formats import FixedGrid, float_format
+from jaxeff.rounding.formats import FixedGrid, _to_format
 
 __all__ = [
     "sr_variance",
@@ -45,16 +53,39 @@ __all__ = [
 ]
 
 
-def _as_fmt(fmt: Any):
+def _as_fmt(fmt: Any, name: str = "fmt"):
     if isinstance(fmt, (int, np.integer)) and not isinstance(fmt, bool):
-        check_in_range("fmt (decimal precision p)", int(fmt), 0, 15)
+        if not 0 <= int(fmt) <= 15:
+            raise ValueError(f"`{name}` as a decimal precision p must be in [0, 15], got {int(fmt)}.")
         return FixedGrid(10.0 ** (-int(fmt)))
-    return float_format(fmt)
+    return _to_format(fmt, name)
+
+
+def _check_fmts(name: str, fmts: Any) -> list:
+    if fmts is None or isinstance(fmts, (str, bytes)):
+        raise ValueError(f"`{name}` must be a sequence of formats (or ints p), got {fmts!r}.")
+    try:
+        return list(fmts)
+    except TypeError:
+        raise ValueError(f"`{name}` must be a sequence of formats (or ints p), got {fmts!r}.") from None
+
+
+def _check_matrix(name: str, A: Any) -> None:
+    if A is None:
+        raise ValueError(f"`{name}` must be a 2-D floating array, got None.")
+    check_ndim(name, A, 2)
+    if 0 in np.shape(A):
+        raise ValueError(f"`{name}` must not be empty, got shape {tuple(np.shape(A))}.")
 
 
 def decimal_grids(ps: Sequence[int] = (1, 2, 3, 4, 5)) -> list[FixedGrid]:
-    """The paper's grids :math:`F^p = \\{k \\cdot 10^{-p}\\}` for each precision p."""
-    return [_as_fmt(int(p)) for p in ps]
+    """The paper's grids :math:`F^p = \\{k \\cdot 10^{-p}\\}` for each precision p (ints in [0, 15])."""
+    out = []
+    for p in _check_fmts("ps", ps):
+        if isinstance(p, bool) or not isinstance(p, (int, np.integer, float, np.floating)) or not float(p).is_integer():
+            raise ValueError(f"`ps` must hold integer precisions p in [0, 15], got {p!r}.")
+        out.append(_as_fmt(int(p), "ps"))
+    return out
 
 
 def _f(x):
@@ -79,6 +110,8 @@ def sr_variance(a: Any, fmt: Any) -> jax.Array:
       arXiv:2403.12278, eq. (2).
     """
     fmt = _as_fmt(fmt)
+    if a is None:
+        raise ValueError("`a` must be a floating array, got None.")
     a = _f(jnp.asarray(a))
     lo = _f(round_to(a, fmt, "down"))
     hi = _f(round_to(a, fmt, "up"))
@@ -92,19 +125,28 @@ def sigma_min_bound(A: Any, fmt: Any) -> jax.Array:
       >>> sigma_min_bound(jnp.full((100, 2), 0.5), FixedGrid(1.0))   # sqrt(100 * 0.25)
       Array(5., dtype=float32)
     """
-    check_ndim("A", A, 2)
+    _check_matrix("A", A)
     v = sr_variance(A, fmt)
     return jnp.sqrt(jnp.min(jnp.sum(v, axis=0)))
 
 
 def sr_nu(A: Any, A_rounded: Any, fmt: Any) -> jax.Array:
     r""":math:`\nu = \min_j \sum_i \mathrm{Var}(\tilde A_{ij}) / (n R^2)` with
-    :math:`R = \max_{ij} |\tilde A_{ij} - A_{ij}|` measured on one draw (the paper's code)."""
-    check_ndim("A", A, 2)
+    :math:`R = \max_{ij} |\tilde A_{ij} - A_{ij}|` measured on one draw (the paper's code).
+
+    ``A`` and ``A_rounded`` must be non-empty (n, d) arrays of the same shape with finite
+    values (checked eagerly; under ``jit`` NaN propagates to the result)."""
+    _check_matrix("A", A)
+    if A_rounded is None:
+        raise ValueError("`A_rounded` must be an array of the shape of `A`, got None.")
+    check_same_shape("A_rounded", A_rounded, "A", A)
+    check_finite("A", A)
+    check_finite("A_rounded", A_rounded)
     A = _f(jnp.asarray(A))
     R = jnp.max(jnp.abs(_f(jnp.asarray(A_rounded)) - A))
     v = jnp.min(jnp.sum(sr_variance(A, fmt), axis=0))
-    return jnp.where(R > 0, v / (A.shape[0] * jnp.where(R > 0, R, 1) ** 2), 0.0)
+    nu = jnp.where(R > 0, v / (A.shape[0] * jnp.where(R > 0, R, 1) ** 2), 0.0)
+    return jnp.where(jnp.isnan(R) | jnp.isnan(v), jnp.nan, nu)
 
 
 def sr_test_matrix(key: jax.Array, n: int, d: int, *, sigma_min: float = 0.0, dtype: Any = None) -> jax.Array:
@@ -131,9 +173,11 @@ def sr_test_matrix(key: jax.Array, n: int, d: int, *, sigma_min: float = 0.0, dt
       arXiv:2403.12278 §5.1, §5.3.
     """
     check_key("key", key)
+    check_int("n", n, 1)
+    check_int("d", d, 1)
     if int(n) < int(d) or int(d) < 1:
         raise ValueError(f"`n` ({n}) must be >= `d` ({d}) >= 1 (tall-and-thin).")
-    check_in_range("sigma_min", sigma_min, 0.0, None)
+    check_number("sigma_min", sigma_min, 0.0, None)
     dtype = jnp.dtype(dtype or jnp.float32)
     for attempt in range(100):
         G = jax.random.normal(jax.random.fold_in(key, attempt), (int(n), int(d)), dtype)
@@ -152,10 +196,12 @@ def sr_test_matrix(key: jax.Array, n: int, d: int, *, sigma_min: float = 0.0, dt
 
 def sr_stack_copies(A: Any, k: int) -> jax.Array:
     r"""``k`` vertical copies of ``A`` divided by :math:`\sqrt{k}` (same singular values, k·n rows)."""
-    check_ndim("A", A, 2)
+    _check_matrix("A", A)
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"`k` must be a positive int (number of copies), got {k!r}.")
     A = jnp.asarray(A)
+    if not jnp.issubdtype(A.dtype, jnp.floating):
+        A = A.astype(jnp.float32)  # int / bool input: the float32 matrix of the same values
     return jnp.tile(A, (int(k), 1)) / jnp.sqrt(jnp.asarray(int(k), A.dtype))
 
 
@@ -183,8 +229,10 @@ def sr_controlled_variance_matrix(
     """
     check_key("key", key)
     check_choice("variance", variance, ("high", "low"))
-    check_in_range("p", p, 1, 12)
-    check_in_range("r", r, 1, 6)
+    check_int("n", n, 1)
+    check_int("d", d, 1)
+    check_int("p", p, 1, 12)
+    check_int("r", r, 1, 6)
     if int(d) < 2 or int(n) < int(d):
         raise ValueError(f"need `n` ({n}) >= `d` ({d}) >= 2.")
     dtype = jnp.dtype(dtype or jnp.float32)
@@ -251,7 +299,8 @@ def sigma_min_study(
     """
     check_key("key", key)
     check_ndim("A", A, 2)
-    check_in_range("num_draws", num_draws, 1, None)
+    check_int("num_draws", num_draws, 1)
+    fmts = _check_fmts("fmts", fmts)
     A = _f(jnp.asarray(A))
     if A.shape[0] < A.shape[1]:
         raise ValueError(f"`A` must be tall (n >= d), got shape {A.shape}.")

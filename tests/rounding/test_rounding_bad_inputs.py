@@ -64,3 +64,124 @@ def test_sr_apply_updates_shape_mismatch():
         sr_apply_updates(jax.random.key(0), {"w": jnp.ones((3, 1), jnp.bfloat16)}, {"w": jnp.ones((3,))})
     out = sr_apply_updates(jax.random.key(0), p, {"w": jnp.full(3, 1e-3)})
     assert out["w"].shape == (3,)
+
+
+# --------------------------------------------------------------------------- issue 17: clear errors
+from jaxeff.rounding import FloatFormat, float_format  # noqa: E402
+from jaxeff.rounding.noise import sr_noise_bits  # noqa: E402
+from jaxeff.rounding.study import (  # noqa: E402
+    decimal_grids,
+    sigma_min_bound,
+    sigma_min_study,
+    sr_controlled_variance_matrix,
+    sr_nu,
+    sr_variance,
+)
+
+_K = jax.random.key(0)
+_A = jnp.asarray(np.random.default_rng(0).normal(size=(6, 3)), jnp.float32)
+
+
+@pytest.mark.parametrize("kw, name", [({"exp_bits": None}, "exp_bits"), ({"man_bits": None}, "man_bits")])
+def test_float_format_none_bits(kw, name):
+    with pytest.raises(ValueError, match=f"`{name}`"):
+        FloatFormat(**({"exp_bits": 4, "man_bits": 3} | kw))
+
+
+@pytest.mark.parametrize("spec", ["no-such-format", None, 3.5])
+def test_float_format_names_spec(spec):
+    with pytest.raises(ValueError, match="`spec`"):
+        float_format(spec)
+    with pytest.raises(ValueError, match="`fmt`"):  # callers keep naming their own argument
+        round_to(jnp.ones(2), spec, "nearest")
+
+
+@pytest.mark.parametrize("ps", [(-1,), (16,), (2.5,), None, "12"])
+def test_decimal_grids_bad_ps(ps):
+    with pytest.raises(ValueError, match="`ps`"):
+        decimal_grids(ps)
+
+
+def test_decimal_grids_valid_unchanged():
+    assert [g.step for g in decimal_grids((1, np.int64(2)))] == [0.1, 0.01]
+
+
+@pytest.mark.parametrize("shape", [(-1, 2), None, (2.5,), "ab", 3])
+def test_sr_noise_bits_bad_shape(shape):
+    with pytest.raises(ValueError, match="`shape`"):
+        sr_noise_bits(_K, shape)
+
+
+def test_sr_noise_bits_empty_shape_ok():
+    assert sr_noise_bits(_K, (0, 3)).shape == (0, 3)
+    assert sr_noise_bits(_K, ()).shape == ()
+
+
+@pytest.mark.parametrize("kw, name", [
+    ({"A_rounded": _A[:5]}, "A_rounded"), ({"A_rounded": _A[:, :2]}, "A_rounded"), ({"A_rounded": _A[None]}, "A_rounded"),
+    ({"A_rounded": _A[0]}, "A_rounded"), ({"A_rounded": None}, "A_rounded"),
+    ({"A_rounded": _A.at[0, 0].set(jnp.nan)}, "A_rounded"), ({"A_rounded": _A.at[0, 0].set(jnp.inf)}, "A_rounded"),
+    ({"A": _A[:5]}, "A"), ({"A": _A[:0]}, "A"), ({"A": _A.at[0, 0].set(jnp.nan)}, "A"), ({"A": None}, "A"),
+])
+def test_sr_nu_bad_input(kw, name):
+    args = {"A": _A, "A_rounded": _A + 0.01, "fmt": "bf16"} | kw
+    with pytest.raises(ValueError, match=f"`{name}`"):
+        sr_nu(**args)
+
+
+def test_sr_nu_nan_propagates_under_jit():
+    f = jax.jit(lambda a, b: sr_nu(a, b, "bf16"))
+    assert np.isfinite(float(f(_A, _A + 0.01)))
+    assert float(f(_A, _A + 0.01)) == pytest.approx(float(sr_nu(_A, _A + 0.01, "bf16")))
+    assert np.isnan(float(f(_A, (_A + 0.01).at[0, 0].set(jnp.nan))))
+
+
+@pytest.mark.parametrize("fn", [sigma_min_bound, sr_stack_copies])
+@pytest.mark.parametrize("A", [_A[:0], _A[:, :0], None])
+def test_empty_matrix_refused(fn, A):
+    with pytest.raises(ValueError, match="`A`"):
+        fn(A, "bf16") if fn is sigma_min_bound else fn(A, 2)
+
+
+def test_sr_stack_copies_bool_and_int_as_float():
+    b = _A > 0
+    np.testing.assert_allclose(np.asarray(sr_stack_copies(b, 2)), np.asarray(sr_stack_copies(b.astype(jnp.float32), 2)))
+    i = jnp.round(_A).astype(jnp.int32)
+    np.testing.assert_allclose(np.asarray(sr_stack_copies(i, 2)), np.asarray(sr_stack_copies(i.astype(jnp.float32), 2)))
+
+
+def test_sr_variance_none():
+    with pytest.raises(ValueError, match="`a`"):
+        sr_variance(None, "bf16")
+
+
+@pytest.mark.parametrize("kw, name", [
+    ({"n": None}, "n"), ({"n": 8.0}, "n"), ({"d": None}, "d"), ({"d": 2.5}, "d"), ({"p": None}, "p"),
+    ({"p": 2.5}, "p"), ({"p": 0}, "p"), ({"p": 13}, "p"), ({"r": None}, "r"), ({"r": 2.5}, "r"), ({"r": 7}, "r"),
+])
+def test_sr_controlled_variance_matrix_bad_input(kw, name):
+    args = {"key": _K, "n": 8, "d": 3, "p": 2, "variance": "high", "r": 2} | kw
+    with pytest.raises(ValueError, match=f"`{name}`"):
+        sr_controlled_variance_matrix(**args)
+
+
+@pytest.mark.parametrize("kw, name", [({"n": None}, "n"), ({"d": None}, "d"), ({"d": 2.5}, "d"),
+                                      ({"sigma_min": None}, "sigma_min"), ({"sigma_min": "0"}, "sigma_min")])
+def test_sr_test_matrix_bad_input(kw, name):
+    with pytest.raises(ValueError, match=f"`{name}`"):
+        sr_test_matrix(**({"key": _K, "n": 6, "d": 3} | kw))
+
+
+@pytest.mark.parametrize("kw, name", [({"fmts": None}, "fmts"), ({"fmts": "bf16"}, "fmts"), ({"num_draws": 2.5}, "num_draws"),
+                                      ({"num_draws": None}, "num_draws"), ({"num_draws": 0}, "num_draws")])
+def test_sigma_min_study_bad_input(kw, name):
+    with pytest.raises(ValueError, match=f"`{name}`"):
+        sigma_min_study(_K, _A, **({"fmts": (2,)} | kw))
+
+
+@pytest.mark.parametrize("kw, name", [({"params": None}, "params"), ({"updates": None}, "updates"),
+                                      ({"updates": {"v": jnp.ones(3)}}, "updates")])
+def test_sr_apply_updates_bad_trees(kw, name):
+    args = {"key": _K, "params": {"w": jnp.ones(3)}, "updates": {"w": jnp.ones(3)}} | kw
+    with pytest.raises(ValueError, match=f"`{name}`"):
+        sr_apply_updates(**args)
