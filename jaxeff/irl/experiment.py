@@ -137,10 +137,12 @@ def irl_bootstrap_interval(
 def irl_sample_complexity_curve(k: int, margins: Sequence[float], constant: float) -> np.ndarray:
     """The theory's sample size ``n(β) = C · k² log k / β²`` for each margin β.
 
-    ``k`` a positive int, ``margins`` positive finite values (any shape, non-empty), ``constant`` > 0.
+    ``k`` a positive int, ``margins`` positive finite values (any shape, non-empty), ``constant``
+    > 0, or NaN for "no constant fitted" (the curve is then NaN; the paper notebook relies on it).
     """
     k = check_int("k", k)
-    check_real("constant", constant, 0.0, None, low_inclusive=False)
+    if not (isinstance(constant, (float, np.floating)) and np.isnan(constant)):
+        check_real("constant", constant, 0.0, None, low_inclusive=False)
     if margins is None:
         raise ValueError("`margins` must be positive finite margins β, got None.")
     margins = np.asarray(margins, dtype=np.float64)

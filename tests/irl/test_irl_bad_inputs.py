@@ -187,7 +187,7 @@ CASES = [
     ("margins", lambda: irl.irl_sample_complexity_curve(4, [np.inf, 0.1], 1.0)),
     ("margins", lambda: irl.irl_sample_complexity_curve(4, None, 1.0)),
     ("constant", lambda: irl.irl_sample_complexity_curve(4, [0.1], 0.0)),
-    ("constant", lambda: irl.irl_sample_complexity_curve(4, [0.1], float("nan"))),
+    ("constant", lambda: irl.irl_sample_complexity_curve(4, [0.1], -1.0)),
     ("constant", lambda: irl.irl_sample_complexity_curve(4, [0.1], None)),
     ("problems", lambda: irl.irl_success_trials(None, [32], 1, K)),
     ("ns", lambda: irl.irl_success_trials([_problem()], None, 1, K)),
@@ -229,6 +229,8 @@ def test_valid_edge_cases_still_accepted():
     assert irl.expert_optimal_fraction(B, Z, np.full(4, np.nan), 0.9, 0, STATES) == 0.0
     # degree 0 is a documented non-negative truncation level (the constant function only)
     assert irl.TensorBasis([B, B], 0).num_features == 1
+    # a NaN constant means "not fitted" and gives a NaN curve (used by the paper notebook)
+    assert np.all(np.isnan(irl.irl_sample_complexity_curve(4, [0.1, 0.2], float("nan"))))
     # F may be one k x k operator or one per deviating action
     F = irl.expert_advantage_operators(Z, 0, 0.9)
     assert irl.lipschitz_bound(B, F) == max(irl.lipschitz_bound(B, f) for f in F)
