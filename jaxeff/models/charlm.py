@@ -208,7 +208,7 @@ CHARLM_PRESETS: dict[str, dict[str, Any]] = {
     # model config, training steps, batch, seq_len, lr, corpus bytes
     "test": dict(cfg=CharLMConfig(d_model=64, num_layers=2, num_heads=4, d_ff=256, max_len=64),
                  steps=150, batch_size=32, seq_len=64, lr=3e-3, num_bytes=300_000),
-    # the same teacher as `jaxeff demo --size small` (minutes on a 2-core CPU)
+    # the CharLM teacher the demo used before it moved to the Llama family (minutes on a 2-core CPU)
     "small": dict(cfg=CharLMConfig(d_model=128, num_layers=3, num_heads=4, d_ff=512, max_len=128),
                   steps=700, batch_size=32, seq_len=64, lr=3e-3, num_bytes=1_500_000),
     "full": dict(cfg=CharLMConfig(d_model=384, num_layers=6, num_heads=6, d_ff=1536, max_len=256),
