@@ -10,9 +10,12 @@ def run(ctx):
 
     size = ctx.pick("tiny", "small")
     with tempfile.TemporaryDirectory() as out:
-        # cache=False: the teacher's training is part of what is timed
+        # cache=False: the teacher's training is part of what is timed. A named topology (not
+        # `base`) drives the demo like `jaxeff demo --config`: batch.per_device x data axis,
+        # dtypes.params / dtypes.compute, mesh.model_axis + shard_params (tensor parallel).
+        cfg = ctx.config if ctx.config is not None and ctx.config.raw.get("name") != "base" else None
         res = run_demo(size, out=out, mesh=ctx.mesh if ctx.mesh is not None and ctx.mesh.size > 1 else None,
-                       progress=False, cache=False)
+                       progress=False, cache=False, config=cfg)
     rows = res["rows"]
     by = {r["model"]: r for r in rows}
     for stage, s in res["stage_seconds"].items():
