@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxeff._core.validation import check_choice, check_in_range, check_traced_in_range, is_traced
+from jaxeff._core.validation import check_choice, check_int, check_number, check_traced_in_range, is_traced
 
 __all__ = [
     "unstructured_mask",
@@ -48,7 +48,7 @@ def _is_none(x: Any) -> bool:
 def _check_sparsity(name: str, s: Any) -> None:
     if is_traced(s) or (hasattr(s, "ndim") and getattr(s, "ndim", 0) > 0):
         return
-    check_in_range(name, s, 0.0, 1.0, high_inclusive=False)
+    check_number(name, s, 0.0, 1.0, high_inclusive=False)
 
 
 def _keep_top(flat: jax.Array, n_prune: jax.Array | int) -> jax.Array:
@@ -106,6 +106,8 @@ def unstructured_mask(scores: PyTree, sparsity: Any, *, distribution: str = "uni
       jaxpruner (arXiv 2304.14082); Evci et al. (arXiv 1911.11134) for ERK.
     """
     check_choice("distribution", distribution, ("uniform", "global", "erk"))
+    if sparsity is None:
+        raise ValueError("`sparsity` must be a fraction in [0, 1) (or a pytree of them), got None.")
     leaves, treedef = jax.tree_util.tree_flatten(scores, is_leaf=_is_none)
     idx = [i for i, l in enumerate(leaves) if l is not None]
     per_leaf_s = None
@@ -174,6 +176,7 @@ def nm_mask(scores: PyTree, n: int, m: int, axis: int = -2) -> PyTree:
         raise ValueError(f"`m` must be a positive integer, got {m!r}.")
     if not isinstance(n, (int, np.integer)) or not 1 <= n <= m:
         raise ValueError(f"`n` must be an integer in [1, m={m}], got {n!r}.")
+    axis = check_int("axis", axis)
 
     def f(s: jax.Array) -> jax.Array:
         s = _as_f32(s)
@@ -237,6 +240,7 @@ def structured_mask(
     _check_sparsity("sparsity", sparsity)
     if not isinstance(group_size, (int, np.integer)) or group_size < 1:
         raise ValueError(f"`group_size` must be a positive integer, got {group_size!r}.")
+    axis = check_int("axis", axis)
     leaves, treedef = jax.tree_util.tree_flatten(scores, is_leaf=_is_none)
     idx = [i for i, l in enumerate(leaves) if l is not None]
     gscores = {}
@@ -295,7 +299,13 @@ def apply_masks(params: PyTree, masks: PyTree) -> PyTree:
             raise ValueError(f"mask of shape {m.shape} does not match its param of shape {p.shape}.")
         return jnp.where(m, p, jnp.zeros((), p.dtype))
 
-    return jax.tree.map(f, masks, params, is_leaf=_is_none)
+    try:
+        return jax.tree.map(f, masks, params, is_leaf=_is_none)
+    except ValueError as e:
+        if "structure" not in str(e):
+            raise
+        raise ValueError(f"`masks` must have the pytree structure of `params` (None for unmasked leaves): "
+                         f"{str(e).splitlines()[0]}") from None
 
 
 def mask_sparsity(masks: PyTree) -> jax.Array:

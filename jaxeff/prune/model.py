@@ -42,7 +42,8 @@ from flax import nnx
 
 from jaxeff._core.layers import (WeightSite, capture_inputs, find_weight_sites, keypath_str, path_str, static_sites,
                                  trace_weight_uses)
-from jaxeff._core.validation import check_choice, check_positive
+from jaxeff._core.validation import check_choice, check_number
+from jaxeff.prune._checks import require_tree
 from jaxeff.prune.masks import _keep_top, nm_mask
 from jaxeff.prune.oneshot import _parse_sparsity, sparsegpt, wanda
 
@@ -143,7 +144,11 @@ def _as_rules(spec: Any) -> list[tuple[str, Any, bool]]:
         except re.error as e:
             raise ValueError(f"`rules` pattern {pat!r} is not a valid regex: {e}.") from None
         if s is not None:
-            _parse_sparsity(tuple(s) if isinstance(s, list) else s)
+            try:
+                _parse_sparsity(tuple(s) if isinstance(s, list) else s)
+            except ValueError as e:
+                where = "" if not explicit else f" (pattern {pat!r})"
+                raise ValueError(f"`rules`{where}: {e}") from None
         out.append((pat, tuple(s) if isinstance(s, list) else s, explicit))
     return out
 
@@ -177,6 +182,9 @@ def model_masks(model: nnx.Module, masks_by_param: Mapping[str, jax.Array]) -> A
     Returns:
         The mask pytree.
     """
+    if not isinstance(masks_by_param, Mapping):
+        raise ValueError(f"`masks_by_param` must be a mapping {{param path: bool mask}}, got "
+                         f"{type(masks_by_param).__name__}.")
     _, treedef, paths, leaves = _pure_param_paths(model)
     unknown = set(masks_by_param) - set(paths)
     if unknown:
@@ -296,8 +304,10 @@ def prune_model(
     References:
         Frantar & Alistarh, arXiv 2301.00774; Sun et al., arXiv 2306.11695.
     """
+    if not isinstance(model, nnx.Module):
+        raise ValueError(f"`model` must be a flax.nnx.Module, got {type(model).__name__}.")
     check_choice("method", method, _METHODS)
-    check_positive("damp", damp)
+    check_number("damp", damp, 0.0, low_inclusive=False)
     if not isinstance(block_size, (int, np.integer)) or block_size < 1:
         raise ValueError(f"`block_size` must be a positive integer, got {block_size!r}.")
     rule_list = _as_rules(rules)
@@ -511,8 +521,9 @@ def prune_params(
     """
     from jaxeff._core.layers import ParamsFn, keypath_str
 
+    require_tree("params", params, "a pytree of parameter arrays")
     check_choice("method", method, _METHODS)
-    check_positive("damp", damp)
+    check_number("damp", damp, 0.0, low_inclusive=False)
     if not isinstance(block_size, (int, np.integer)) or block_size < 1:
         raise ValueError(f"`block_size` must be a positive integer, got {block_size!r}.")
     rule_list = _as_rules(rules)

@@ -19,7 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxeff._core.validation import check_in_range, check_ndim, check_positive
+from jaxeff._core.validation import check_ndim, check_number, error_if
+from jaxeff.prune._checks import check_kernel, check_rows, float_dtype_of, require_array
 from jaxeff.prune.masks import _keep_top, nm_mask
 from jaxeff.prune.scores import wanda_scores
 
@@ -48,9 +49,11 @@ def layer_hessian(x: jax.Array, prev: LayerHessian | None = None) -> LayerHessia
       >>> layer_hessian(jnp.ones((5, 3))).h[0].tolist()
       [5.0, 5.0, 5.0]
     """
+    require_array("x", x, "calibration activations [..., d_in]")
     x = jnp.asarray(x)
     if x.ndim < 1:
         raise ValueError(f"`x` must have shape [..., d_in], got {x.shape}.")
+    check_rows("x", x)
     x2 = x.reshape(-1, x.shape[-1]).astype(jnp.promote_types(x.dtype, jnp.float32))
     h = jnp.matmul(x2.T, x2, precision=_HI)
     n = jnp.asarray(x2.shape[0], jnp.int32)
@@ -71,7 +74,7 @@ def _parse_sparsity(sparsity: Any) -> tuple[float | None, tuple[int, int] | None
         if not isinstance(n, (int, np.integer)) or not 1 <= n <= m:
             raise ValueError(f"`sparsity` (n, m): n must be an integer in [1, m={m}], got {n!r}.")
         return None, (int(n), int(m))
-    check_in_range("sparsity", sparsity, 0.0, 1.0, high_inclusive=False)
+    check_number("sparsity", sparsity, 0.0, 1.0, high_inclusive=False)
     return float(sparsity), None
 
 
@@ -81,11 +84,13 @@ def _hessian_of(x_or_hessian: Any, d_in: int, dtype: Any) -> jax.Array:
         if h.shape != (d_in, d_in):
             raise ValueError(f"`x_or_hessian` Hessian must be ({d_in}, {d_in}) for `w` with d_in={d_in}, got {h.shape}.")
         return h.astype(dtype)
+    require_array("x_or_hessian", x_or_hessian, f"calibration activations [..., {d_in}] or a LayerHessian")
     x = jnp.asarray(x_or_hessian)
     if x.ndim < 2 or x.shape[-1] != d_in:
         raise ValueError(
             f"`x_or_hessian` activations must have shape [..., {d_in}] (the width of `w`'s input axis), got {x.shape}."
         )
+    check_rows("x_or_hessian", x)
     return layer_hessian(x.astype(dtype)).h
 
 
@@ -199,7 +204,7 @@ def sparsegpt(
       Frantar & Alistarh, "SparseGPT: Massive Language Models Can Be Accurately Pruned in
       One-Shot" (arXiv 2301.00774).
     """
-    check_ndim("w", w, 2)
+    check_kernel("w", w)
     s, nm = _parse_sparsity(sparsity)
     w = jnp.asarray(w)
     d_in = w.shape[0]
@@ -207,7 +212,7 @@ def sparsegpt(
         raise ValueError(f"`sparsity` (n, m): m={nm[1]} must divide d_in={d_in} (axis 0 of `w`).")
     if not isinstance(block_size, (int, np.integer)) or block_size < 1:
         raise ValueError(f"`block_size` must be a positive integer, got {block_size!r}.")
-    check_positive("damp", damp)
+    check_number("damp", damp, 0.0, low_inclusive=False)
     bs = int(min(block_size, d_in))
     if nm is not None:
         bs = max(nm[1], bs - bs % nm[1])
@@ -215,7 +220,7 @@ def sparsegpt(
     h = _hessian_of(x_or_hessian, d_in, dt)
     w_new, mask = _sparsegpt_impl(w.astype(dt), h, jnp.asarray(0.0 if s is None else s, dt),
                                   jnp.asarray(damp, dt), nm=nm, block_size=bs)
-    return w_new.astype(w.dtype), mask
+    return w_new.astype(float_dtype_of(w)), mask
 
 
 def wanda(w: jax.Array, x: jax.Array, sparsity: float | tuple[int, int]) -> tuple[jax.Array, jax.Array]:
@@ -242,13 +247,16 @@ def wanda(w: jax.Array, x: jax.Array, sparsity: float | tuple[int, int]) -> tupl
       Sun et al., "A Simple and Effective Pruning Approach for Large Language Models"
       (arXiv 2306.11695).
     """
+    require_array("w", w, "a 2-D kernel array [d_in, d_out]")
     check_ndim("w", w, 2)
     s, nm = _parse_sparsity(sparsity)
     w = jnp.asarray(w)
+    require_array("x", x, f"calibration activations [..., {w.shape[0]}]")
     x = jnp.asarray(x)
     d_in = w.shape[0]
     if x.ndim < 2 or x.shape[-1] != d_in:
         raise ValueError(f"`x` must have shape [..., {d_in}] (the width of `w`'s input axis), got {x.shape}.")
+    check_rows("x", x)
     xf = x.reshape(-1, d_in).astype(jnp.promote_types(x.dtype, jnp.float32))
     norms = jnp.sqrt(jnp.sum(xf * xf, axis=0))
     scores = wanda_scores(w, norms)
@@ -259,4 +267,10 @@ def wanda(w: jax.Array, x: jax.Array, sparsity: float | tuple[int, int]) -> tupl
     else:
         k = int(round(s * d_in))
         mask = jax.vmap(lambda col: _keep_top(col, k), in_axes=1, out_axes=1)(scores)
-    return jnp.where(mask, w, jnp.zeros((), w.dtype)), mask
+    out = (jnp.where(mask, w, jnp.zeros((), w.dtype)), mask)
+    # NaN / inf in `x` would silently rank those inputs arbitrarily: one reduction, checked at run
+    # time under jit (equinox.error_if), eagerly otherwise
+    if jnp.issubdtype(xf.dtype, jnp.inexact):
+        out = error_if(out, ~jnp.all(jnp.isfinite(xf)), "`x` contains NaN or inf values; expected finite "
+                       "calibration activations.")
+    return out

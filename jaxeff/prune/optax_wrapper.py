@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxeff._core.validation import check_choice, check_in_range, check_key
+from jaxeff._core.validation import check_choice, check_key, check_number
 from jaxeff.prune.masks import unstructured_mask
 from jaxeff.prune.scores import default_prunable, magnitude_scores, random_scores, snip_scores
 
@@ -87,7 +87,7 @@ class OneShotSchedule(PruningSchedule):
     step: int = 0
 
     def __post_init__(self):
-        check_in_range("sparsity", self.sparsity, 0.0, 1.0, high_inclusive=False)
+        check_number("sparsity", self.sparsity, 0.0, 1.0, high_inclusive=False)
         _check_int("step", self.step, 0)
 
     def sparsity_at(self, step):
@@ -107,7 +107,7 @@ class PeriodicSchedule(PruningSchedule):
     end: int | None = None
 
     def __post_init__(self):
-        check_in_range("sparsity", self.sparsity, 0.0, 1.0, high_inclusive=False)
+        check_number("sparsity", self.sparsity, 0.0, 1.0, high_inclusive=False)
         _check_int("every", self.every, 1)
         _check_int("start", self.start, 0)
         if self.end is not None:
@@ -234,7 +234,7 @@ def one_shot_schedule(sparsity: float, step: int = 0) -> OneShotSchedule:
       >>> bool(sch.update_at(10)), float(sch.sparsity_at(3))
       (True, 0.0)
     """
-    check_in_range("sparsity", sparsity, 0.0, 1.0, high_inclusive=False)
+    check_number("sparsity", sparsity, 0.0, 1.0, high_inclusive=False)
     _check_int("step", step, 0)
     return OneShotSchedule(sparsity=float(sparsity), step=step)
 
@@ -247,7 +247,7 @@ def periodic_schedule(sparsity: float, every: int, start: int = 0, end: int | No
       >>> [bool(sch.update_at(t)) for t in (0, 50, 100)]
       [True, False, True]
     """
-    check_in_range("sparsity", sparsity, 0.0, 1.0, high_inclusive=False)
+    check_number("sparsity", sparsity, 0.0, 1.0, high_inclusive=False)
     _check_int("every", every, 1)
     _check_int("start", start, 0)
     if end is not None:
@@ -267,8 +267,8 @@ def cubic_schedule(
       >>> round(float(sch.sparsity_at(50)), 4)   # 0.8 * (1 - 0.5**3)
       0.7
     """
-    check_in_range("final_sparsity", final_sparsity, 0.0, 1.0, high_inclusive=False)
-    check_in_range("initial_sparsity", initial_sparsity, 0.0, final_sparsity)
+    check_number("final_sparsity", final_sparsity, 0.0, 1.0, high_inclusive=False)
+    check_number("initial_sparsity", initial_sparsity, 0.0, final_sparsity)
     _check_int("start", start, 0)
     _check_int("end", end, start + 1)
     _check_int("every", every, 1)
@@ -402,6 +402,8 @@ def sparsify(
     References:
       jaxpruner (arXiv 2304.14082); Zhu & Gupta (arXiv 1710.01878).
     """
+    if not (hasattr(tx, "init") and hasattr(tx, "update")):
+        raise ValueError(f"`tx` must be an optax.GradientTransformation (with init/update), got {type(tx).__name__}.")
     if schedule is None and masks is None:
         raise ValueError("`schedule` must be a PruningSchedule (e.g. one_shot_schedule(...)); it may be None only "
                          "when fixed `masks` are given.")

@@ -41,25 +41,38 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.linalg
 
-from jaxeff._core.validation import check_ndim, check_positive
+from jaxeff._core.validation import check_int, check_number, check_same_shape
+from jaxeff.prune._checks import check_host_finite, check_kernel, check_rows, float_dtype_of, require_array
 from jaxeff.prune.oneshot import LayerHessian
 
 __all__ = ["osscar", "osscar_heads", "least_squares_refit", "structured_reconstruction_error"]
 
 
 def _hessian64(x_or_hessian: Any, k: int, name: str = "x") -> np.ndarray:
+    require_array(name, x_or_hessian, f"calibration activations [n, {k}] or a LayerHessian")
     if isinstance(x_or_hessian, LayerHessian):
         h = np.asarray(x_or_hessian.h, np.float64)
         if h.shape != (k, k):
             raise ValueError(f"`{name}` Hessian must have shape ({k}, {k}), got {h.shape}.")
+        check_host_finite(name, h, "the LayerHessian")
         return h
     x = np.asarray(x_or_hessian)
     if x.ndim < 2 or x.shape[-1] != k:
         raise ValueError(
             f"`{name}` (calibration activations) must have shape [n, {k}] (width = rows of the weight), got {x.shape}."
         )
+    check_rows(name, x)
     x = x.reshape(-1, k).astype(np.float64)
-    return x.T @ x
+    h = x.T @ x
+    check_host_finite(name, h, "calibration activations")  # NaN/inf in x reach X^T X
+    return h
+
+
+def _weight64(name: str, w: Any) -> np.ndarray:
+    check_kernel(name, w)
+    W = np.asarray(w, np.float64)
+    check_host_finite(name, W)
+    return W
 
 
 def _damped(h: np.ndarray, damp: float) -> np.ndarray:
@@ -206,16 +219,16 @@ def _osscar_groups(w, x_or_hessian, keep, gs, **kw):
         return _osscar_groups_impl(w, x_or_hessian, keep, gs, **kw)
 
 
-def _osscar_groups_impl(w, x_or_hessian, keep, gs, *, damp, local_search_iters, swap_size, name_keep, name_x):
-    check_ndim("w", w, 2)
-    W = np.asarray(w, np.float64)
+def _osscar_groups_impl(w, x_or_hessian, keep, gs, *, damp, local_search_iters, swap_size, name_keep, name_x,
+                        name_w):
+    W = _weight64(name_w, w)
     k = W.shape[0]
     G = k // gs
     if not isinstance(keep, (int, np.integer)) or isinstance(keep, bool):
         raise ValueError(f"`{name_keep}` must be an integer, got {keep!r}.")
     if not 1 <= keep <= G:
         raise ValueError(f"`{name_keep}` must be in [1, {G}] (the number of groups), got {keep}.")
-    check_positive("damp", damp)
+    check_number("damp", damp, 0.0, low_inclusive=False)
     if not isinstance(local_search_iters, (int, np.integer)) or local_search_iters < 0:
         raise ValueError(f"`local_search_iters` must be a non-negative integer, got {local_search_iters!r}.")
     if swap_size is not None and (not isinstance(swap_size, (int, np.integer)) or swap_size < 1):
@@ -225,7 +238,7 @@ def _osscar_groups_impl(w, x_or_hessian, keep, gs, *, damp, local_search_iters, 
     kept = _greedy(H, W, gs, keep)
     kept, _ = _local_search(H, W, B, kept, gs, int(local_search_iters), swap_size, G)
     W_hat = _refit(H, B, kept, gs)
-    return jnp.asarray(W_hat.astype(np.asarray(w).dtype)), jnp.asarray(np.sort(kept).astype(np.int32))
+    return jnp.asarray(W_hat.astype(float_dtype_of(w))), jnp.asarray(np.sort(kept).astype(np.int32))
 
 
 def osscar(
@@ -264,7 +277,7 @@ def osscar(
       Meng et al., "OSSCAR" (arXiv 2403.12983).
     """
     return _osscar_groups(w_down, x, keep, 1, damp=damp, local_search_iters=local_search_iters,
-                          swap_size=swap_size, name_keep="keep", name_x="x")
+                          swap_size=swap_size, name_keep="keep", name_x="x", name_w="w_down")
 
 
 def osscar_heads(
@@ -301,14 +314,14 @@ def osscar_heads(
     References:
       Meng et al., "OSSCAR" (arXiv 2403.12983).
     """
-    check_ndim("w_o", w_o, 2)
-    if not isinstance(num_heads, (int, np.integer)) or num_heads < 1:
+    check_kernel("w_o", w_o)
+    if isinstance(num_heads, bool) or not isinstance(num_heads, (int, np.integer)) or num_heads < 1:
         raise ValueError(f"`num_heads` must be a positive integer, got {num_heads!r}.")
     if np.shape(w_o)[0] % num_heads:
         raise ValueError(f"`num_heads` ({num_heads}) must divide the rows of `w_o` ({np.shape(w_o)[0]}).")
     gs = np.shape(w_o)[0] // num_heads
     return _osscar_groups(w_o, x, keep, gs, damp=damp, local_search_iters=local_search_iters,
-                          swap_size=swap_size, name_keep="keep", name_x="x")
+                          swap_size=swap_size, name_keep="keep", name_x="x", name_w="w_o")
 
 
 def least_squares_refit(
@@ -320,7 +333,7 @@ def least_squares_refit(
     the baseline "magnitude selection + refit" uses this with the groups of largest norm.
 
     Args:
-      w: kernel ``[k, d]``; x: inputs ``[n, k]`` or a LayerHessian; kept: kept group indices
+      w: kernel ``[k, d]``; x: inputs ``[n, k]`` (or ``[..., k]``) or a LayerHessian; kept: kept group indices
       (integers in ``[0, k / group_size)``) or a boolean mask of length ``k / group_size``;
       group_size: rows per group (1 for neurons, head_dim for heads); damp: as in :func:`osscar`.
     Returns:
@@ -331,9 +344,9 @@ def least_squares_refit(
       >>> least_squares_refit(w, x, [0, 1]).shape
       (8, 2)
     """
-    check_ndim("w", w, 2)
-    W = np.asarray(w, np.float64)
+    W = _weight64("w", w)
     k = W.shape[0]
+    group_size = check_int("group_size", group_size, 1)
     if k % group_size:
         raise ValueError(f"`group_size` ({group_size}) must divide the rows of `w` ({k}).")
     kept = np.asarray(kept)
@@ -347,22 +360,35 @@ def least_squares_refit(
     kept = np.unique(kept.astype(np.int64))
     if kept.size and (kept.min() < 0 or kept.max() >= k // group_size):
         raise ValueError(f"`kept` indices must be in [0, {k // group_size}), got {kept.tolist()}.")
-    check_positive("damp", damp)
+    check_number("damp", damp, 0.0, low_inclusive=False)
     H = _damped(_hessian64(x, k), damp)
     W_hat = _refit(H, H @ W, kept, group_size)
-    return jnp.asarray(W_hat.astype(np.asarray(w).dtype))
+    return jnp.asarray(W_hat.astype(float_dtype_of(w)))
 
 
 def structured_reconstruction_error(w: jax.Array, w_new: jax.Array, x: jax.Array, *, relative: bool = True) -> float:
     """:math:`\\lVert X \\hat W - X W\\rVert_F^2` (divided by :math:`\\lVert XW\\rVert_F^2` if ``relative``), float64.
 
+    Args:
+      w: original kernel ``[k, d]``; w_new: pruned / refit kernel of the same shape;
+      x: calibration inputs ``[n, k]`` (or ``[..., k]``, flattened to rows as in :func:`osscar`).
+
     Example:
       >>> structured_reconstruction_error(jnp.ones((2, 1)), jnp.ones((2, 1)), jnp.ones((3, 2)))
       0.0
     """
+    check_kernel("w", w)
+    require_array("w_new", w_new, f"a kernel of the shape of `w` {tuple(np.shape(w))}")
+    check_same_shape("w_new", w_new, "w", w)
+    require_array("x", x, f"calibration activations [n, {np.shape(w)[0]}]")
+    k = np.shape(w)[0]
+    if np.ndim(x) < 2 or np.shape(x)[-1] != k:
+        raise ValueError(f"`x` (calibration activations) must have shape [n, {k}] (width = rows of `w`), "
+                         f"got {tuple(np.shape(x))}.")
+    check_rows("x", x)
     W = np.asarray(w, np.float64)
     Wn = np.asarray(w_new, np.float64)
-    X = np.asarray(x, np.float64).reshape(-1, W.shape[0])
+    X = np.asarray(x, np.float64).reshape(-1, k)
     err = float(np.sum((X @ (Wn - W)) ** 2))
     if relative:
         err /= max(float(np.sum((X @ W) ** 2)), 1e-300)

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxeff._core.validation import check_key, check_ndim, check_shape
+from jaxeff.prune._checks import require_array, require_tree
 
 __all__ = [
     "magnitude_scores",
@@ -72,6 +73,7 @@ def magnitude_scores(params: PyTree, *, where: LeafFilter | None = None) -> PyTr
     References:
       Han et al., "Learning both Weights and Connections" (arXiv 1506.02626).
     """
+    require_tree("params", params)
     return _map_prunable(lambda p: jnp.abs(p).astype(jnp.promote_types(p.dtype, jnp.float32)), params, where=where)
 
 
@@ -93,6 +95,7 @@ def random_scores(params: PyTree, key: jax.Array, *, where: LeafFilter | None = 
     References:
       Liu et al., "The Unreasonable Effectiveness of Random Pruning" (arXiv 2202.02643).
     """
+    require_tree("params", params)
     check_key("key", key)
     leaves, treedef = jax.tree_util.tree_flatten(params, is_leaf=lambda x: x is None)
     keys = [jax.random.fold_in(key, i) for i in range(len(leaves))]
@@ -119,6 +122,8 @@ def snip_scores(params: PyTree, grads: PyTree, *, where: LeafFilter | None = Non
       Lee et al., "SNIP: Single-shot Network Pruning based on Connection Sensitivity"
       (arXiv 1810.02340).
     """
+    require_tree("params", params)
+    require_tree("grads", grads, "a pytree of gradients shaped like `params`")
     if jax.tree.structure(params) != jax.tree.structure(grads):
         raise ValueError("`grads` must have the same pytree structure as `params`.")
 
@@ -152,7 +157,13 @@ def wanda_scores(w: jax.Array, x_norms: jax.Array) -> jax.Array:
       Sun et al., "A Simple and Effective Pruning Approach for Large Language Models"
       (arXiv 2306.11695).
     """
+    require_array("w", w, "a 2-D kernel array [d_in, d_out]")
+    w = jnp.asarray(w)
     check_ndim("w", w, 2)
+    if w.shape[0] == 0:
+        raise ValueError(f"`w` must have at least one input row, got shape {w.shape}.")
+    require_array("x_norms", x_norms, f"an array [{w.shape[0]}] of input-feature norms")
+    x_norms = jnp.asarray(x_norms)
     check_shape("x_norms", x_norms, (w.shape[0],))
     dt = jnp.promote_types(jnp.result_type(w), jnp.float32)
     return jnp.abs(jnp.asarray(w, dt)) * jnp.asarray(x_norms, dt)[:, None]

@@ -40,7 +40,8 @@ import numpy as np
 from flax import nnx
 
 from jaxeff._core.layers import WeightSite, capture_inputs, static_sites
-from jaxeff._core.validation import check_choice, check_in_range
+from jaxeff._core.validation import check_choice, check_number
+from jaxeff.prune._checks import require_module
 from jaxeff.prune.osscar import least_squares_refit, osscar, osscar_heads
 
 __all__ = [
@@ -238,6 +239,7 @@ def find_prunable_blocks(model: nnx.Module, patterns: Sequence[ShrinkPattern] = 
       >>> list(find_prunable_blocks(MLP()))
       ['']
     """
+    require_module("model", model)
     patterns = tuple(patterns)
     for p in patterns:
         if not isinstance(p, ShrinkPattern):
@@ -410,6 +412,9 @@ def shrink(
       >>> small.up.kernel.shape, small.down.kernel.shape
       ((4, 3), (3, 4))
     """
+    require_module("model", model)
+    if keep is not None and not isinstance(keep, Mapping):
+        raise ValueError(f"`keep` must be a mapping {{module path: kept groups}} or None, got {type(keep).__name__}.")
     keep = dict(keep or {})
     new = nnx.clone(model)
     blocks = find_prunable_blocks(new, patterns, sites=sites if sites is None else _resited(new, sites))
@@ -485,6 +490,9 @@ def group_masks(
     """
     from jaxeff.prune.model import model_masks
 
+    require_module("model", model)
+    if not isinstance(keep, Mapping):
+        raise ValueError(f"`keep` must be a mapping {{module path: kept groups}}, got {type(keep).__name__}.")
     blocks = find_prunable_blocks(model, patterns, sites=sites)
     unknown = set(keep) - set(blocks)
     if unknown:
@@ -573,8 +581,9 @@ def prune_structured(
       >>> keep[""].shape
       (4,)
     """
+    require_module("model", model)
     check_choice("method", method, ("osscar", "magnitude", "magnitude-norefit"))
-    check_in_range("sparsity", sparsity, 0.0, 1.0, high_inclusive=False)
+    check_number("sparsity", sparsity, 0.0, 1.0, high_inclusive=False)
     patterns = (pattern,) if isinstance(pattern, ShrinkPattern) else tuple(pattern)
     if activations is None:
         if not isinstance(example_inputs, tuple) or not example_inputs:
