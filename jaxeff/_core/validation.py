@@ -31,6 +31,7 @@ __all__ = [
     "check_int",
     "check_number",
     "check_callable",
+    "check_array",
     "error_if",
     "is_inexact_dtype",
     "is_traced",
@@ -182,6 +183,14 @@ def check_callable(name: str, value: Any, what: str = "a callable") -> None:
     """Raise a ``TypeError`` naming the argument unless ``value`` is callable."""
     if not callable(value):
         raise TypeError(f"`{name}` must be {what}, got {type(value).__name__}.")
+
+
+def check_array(name: str, x: Any, what: str = "an array") -> None:
+    """Raise a ``ValueError`` naming the argument when ``x`` is ``None`` or a string (not
+    array data); anything else (arrays, tracers, lists, scalars) passes unchanged.
+    """
+    if x is None or isinstance(x, (str, bytes)):
+        raise ValueError(f"`{name}` must be {what}, got {x!r} ({type(x).__name__}).")
 
 
 def check_positive(name: str, value: float, *, strict: bool = True) -> None:
