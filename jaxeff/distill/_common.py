@@ -18,8 +18,9 @@ import numpy as np
 
 from jaxeff._core.validation import (
     check_broadcastable,
+    check_array,
     check_choice,
-    check_in_range,
+    check_number,
     check_traced_in_range,
     is_traced,
 )
@@ -33,6 +34,7 @@ def check_temperature(temperature: Any, x: Any = None) -> Any:
     ``equinox.error_if`` run-time check (with ``x=None`` only a concrete value is checked)."""
     if x is None and is_traced(temperature):
         return None
+    check_number("temperature", temperature)  # None / strings / arrays refused by name (tracers pass)
     return check_traced_in_range("temperature", x, temperature, 0.0, None, low_inclusive=False)
 
 
@@ -49,6 +51,11 @@ def check_reduction(reduction: str) -> None:
 
 def check_vocab(student_name: str, s: Any, teacher_name: str, t: Any) -> None:
     """Student and teacher must share the vocabulary axis and the leading (token) axes."""
+    check_array(student_name, s)
+    check_array(teacher_name, t)
+    if np.ndim(s) < 1 or np.ndim(t) < 1:
+        raise ValueError(f"`{student_name}` and `{teacher_name}` must have a vocabulary (last) axis, got shapes "
+                         f"{np.shape(s)} and {np.shape(t)}.")
     vs, vt = np.shape(s)[-1], np.shape(t)[-1]
     if vs != vt:
         raise ValueError(
@@ -234,8 +241,8 @@ def check_divergence_args(divergence: str, beta: Any, lam: Any) -> None:
     check_choice("divergence", divergence, DIVERGENCES)
     check_static_float("beta", beta)
     check_static_float("lam", lam)
-    check_in_range("beta", beta, 0.0, 1.0)
-    check_in_range("lam", lam, 0.0, 1.0)
+    check_number("beta", beta, 0.0, 1.0)
+    check_number("lam", lam, 0.0, 1.0)
 
 
 def as_f32(x: Any) -> jax.Array:

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxeff._core.validation import check_choice, check_in_range
+from jaxeff._core.validation import check_array, check_choice, check_number
 from jaxeff.distill._common import as_f32, check_reduction, reduce_tokens, token_mask
 
 __all__ = ["hidden_state_loss", "attention_transfer_loss"]
@@ -57,7 +57,9 @@ def hidden_state_loss(
     """
     check_choice("kind", kind, ("mse", "cosine"))
     check_reduction(reduction)
-    check_in_range("eps", eps, 0.0, None, low_inclusive=False)
+    check_number("eps", eps, 0.0, None, low_inclusive=False)
+    check_array("student_hidden", student_hidden)
+    check_array("teacher_hidden", teacher_hidden)
     hs = as_f32(student_hidden)
     ht = jax.lax.stop_gradient(as_f32(teacher_hidden))
     if hs.shape[:-1] != ht.shape[:-1]:
@@ -148,7 +150,7 @@ def attention_transfer_loss(
       Zagoruyko & Komodakis, "Paying More Attention to Attention", arXiv:1612.03928.
     """
     check_reduction(reduction)
-    check_in_range("p", p, 0.0, None, low_inclusive=False)
+    check_number("p", p, 0.0, None, low_inclusive=False)
     s_list = list(student_maps) if isinstance(student_maps, (list, tuple)) else [student_maps]
     t_list = list(teacher_maps) if isinstance(teacher_maps, (list, tuple)) else [teacher_maps]
     if len(s_list) != len(t_list):

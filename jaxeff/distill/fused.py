@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding
 
-from jaxeff._core.validation import check_choice, check_in_range, check_index_range, check_ndim
+from jaxeff._core.validation import check_array, check_choice, check_index_range, check_ndim, check_number
 from jaxeff.distill._common import (
     DIVERGENCES,
     _plogratio,
@@ -144,7 +144,8 @@ def _chunk(cfg: _Cfg, hs, ws, ta, tb, wt_param, valid, labels, wtok, need_grad):
         soft_tok_extra = 0.0
     else:  # offline top-k teacher: ta = log-probs [C, k], tb = ids [C, k]
         lp = jnp.where(valid[:, None], ta, 0.0)
-        keep = jnp.exp(lp) > 0
+        # NaN log-probs are bad data, not absent entries: keep them so they propagate to the loss
+        keep = (jnp.exp(lp) > 0) | jnp.isnan(lp)
         in_k = topk_membership(tb, keep, v_local, offset)
         lt_dense = _scatter_topk(lp, tb, keep, v_local, offset)
         p_dense = jnp.where(in_k, jnp.exp(lt_dense), 0.0)
@@ -377,7 +378,7 @@ def _split_cap(x, name):
         s = t = x
     for v, who in ((s, "student"), (t, "teacher")):
         if v is not None:
-            check_in_range(f"{name} ({who})", v, 0.0, None, low_inclusive=False)
+            check_number(f"{name} ({who})", v, 0.0, None, low_inclusive=False)
     return (None if s is None else float(s)), (None if t is None else float(t))
 
 
@@ -386,7 +387,9 @@ def _common_checks(student_hidden, student_head, where, labels, hard_weight, chu
     check_static_float("temperature", temperature)
     check_temperature(temperature)
     check_reduction(reduction)
-    check_in_range("hard_weight", hard_weight, 0.0, 1.0)
+    check_number("hard_weight", hard_weight, 0.0, 1.0)
+    check_array("student_hidden", student_hidden)
+    check_array("student_head", student_head)
     if chunk_size is not None and (
         not isinstance(chunk_size, (int, np.integer)) or isinstance(chunk_size, bool) or chunk_size < 1
     ):
@@ -413,7 +416,7 @@ def _common_checks(student_hidden, student_head, where, labels, hard_weight, chu
         lab = lab.reshape(-1).astype(jnp.int32)
         mask = mask & (lab != ignore_index)
     if vocab_size is not None:
-        check_in_range("vocab_size", vocab_size, 1, None)
+        check_number("vocab_size", vocab_size, 1, None)
     return hs.reshape(-1, hs.shape[-1]), lead, mask, lab
 
 
@@ -509,6 +512,8 @@ def fused_linear_distill_loss(
     check_divergence_args(divergence, beta, lam)
     hs, lead, mask, lab = _common_checks(student_hidden, student_head, where, labels, hard_weight, chunk_size,
                                          temperature, reduction, vocab_size, ignore_index)
+    check_array("teacher_hidden", teacher_hidden)
+    check_array("teacher_head", teacher_head)
     check_ndim("teacher_head", teacher_head, 2)
     ht = jnp.asarray(teacher_hidden)
     if ht.shape[:-1] != lead:
@@ -592,6 +597,8 @@ def fused_linear_topk_distill_loss(
     """
     hs, lead, mask, lab = _common_checks(student_hidden, student_head, where, labels, hard_weight, chunk_size,
                                          temperature, reduction, vocab_size, ignore_index)
+    check_array("teacher_topk_logprobs", teacher_topk_logprobs)
+    check_array("teacher_topk_ids", teacher_topk_ids, "an integer array of token ids")
     lp = jnp.asarray(teacher_topk_logprobs)
     ids = jnp.asarray(teacher_topk_ids)
     if lp.shape != ids.shape:

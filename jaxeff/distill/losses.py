@@ -25,8 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxeff._core.validation import (
-    check_in_range,
+    check_array,
     check_index_range,
+    check_number,
     check_ndim,
     check_shape,
     check_traced_in_range,
@@ -59,6 +60,8 @@ __all__ = [
 def _prepare(student_logits, teacher_logits, temperature, where, reduction, axis):
     check_temperature(temperature)
     check_reduction(reduction)
+    check_array("student_logits", student_logits)
+    check_array("teacher_logits", teacher_logits)
     s = jnp.moveaxis(as_f32(student_logits), axis, -1)
     t = jnp.moveaxis(as_f32(teacher_logits), axis, -1)
     check_vocab("student_logits", s, "teacher_logits", t)
@@ -188,7 +191,7 @@ def generalized_jsd(
       Mistakes" (GKD), arXiv:2306.13649.
     """
     check_static_float("beta", beta)
-    check_in_range("beta", beta, 0.0, 1.0)
+    check_number("beta", beta, 0.0, 1.0)
     return _divergence(
         "jsd", student_logits, teacher_logits, temperature, where, reduction, axis, beta=float(beta),
         normalized=bool(normalized),
@@ -255,7 +258,7 @@ def skew_forward_kl(
       arXiv:2402.03898.
     """
     check_static_float("lam", lam)
-    check_in_range("lam", lam, 0.0, 1.0)
+    check_number("lam", lam, 0.0, 1.0)
     return _divergence(
         "skew_forward_kl", student_logits, teacher_logits, temperature, where, reduction, axis, lam=float(lam)
     )
@@ -291,7 +294,7 @@ def skew_reverse_kl(
       Ko et al., "DistiLLM", arXiv:2402.03898.
     """
     check_static_float("lam", lam)
-    check_in_range("lam", lam, 0.0, 1.0)
+    check_number("lam", lam, 0.0, 1.0)
     return _divergence(
         "skew_reverse_kl", student_logits, teacher_logits, temperature, where, reduction, axis, lam=float(lam)
     )
@@ -351,12 +354,17 @@ def hinton_kd(
     References:
       Hinton, Vinyals, Dean, "Distilling the Knowledge in a Neural Network", arXiv:1503.02531.
     """
-    check_in_range("alpha", alpha, 0.0, 1.0)
+    check_number("alpha", alpha, 0.0, 1.0)  # a traced alpha is checked at run time below
     check_temperature(temperature)
+    check_array("student_logits", student_logits)
+    check_array("teacher_logits", teacher_logits)
+    check_array("labels", labels, "an integer array of class ids")
     labels = jnp.asarray(labels)
     if not jnp.issubdtype(labels.dtype, jnp.integer):
         raise ValueError(f"`labels` must be integer class ids, got dtype {labels.dtype}.")
     s = jnp.moveaxis(as_f32(student_logits), axis, -1)
+    # the logits first, so a bad `student_logits` is named as such (not as a `labels` mismatch)
+    check_vocab("student_logits", s, "teacher_logits", jnp.moveaxis(as_f32(teacher_logits), axis, -1))
     check_shape("labels", labels, s.shape[:-1])
     valid = token_mask(where, s.shape[:-1]) & (labels != ignore_index)
     ls, lt, mask = _prepare(student_logits, teacher_logits, temperature, valid, reduction, axis)
@@ -425,6 +433,9 @@ def topk_kl(
     """
     check_temperature(temperature)
     check_reduction(reduction)
+    check_array("student_logits", student_logits)
+    check_array("teacher_topk_logprobs", teacher_topk_logprobs)
+    check_array("teacher_topk_ids", teacher_topk_ids, "an integer array of token ids")
     s = as_f32(student_logits)
     lp = as_f32(teacher_topk_logprobs)
     ids = jnp.asarray(teacher_topk_ids)

@@ -35,7 +35,17 @@ from flax import nnx
 
 import numpy as np
 
-from jaxeff._core.validation import check_in_range, check_key, check_ndim, error_if
+from jaxeff._core.validation import (
+    check_array,
+    check_callable,
+    check_choice,
+    check_index_range,
+    check_int,
+    check_key,
+    check_ndim,
+    check_number,
+    error_if,
+)
 
 __all__ = [
     "filter_logits",
@@ -52,9 +62,13 @@ def _check_filter_args(logits: Any, top_k: Any, top_p: Any) -> None:
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 0):
         raise ValueError(f"`top_k` must be an int >= 0 (0 or None: off), got {top_k!r}.")
     if top_p is not None:
-        check_in_range("top_p", top_p, 0.0, 1.0, low_inclusive=False)
+        check_number("top_p", top_p, 0.0, 1.0, low_inclusive=False)
+    check_array("logits", logits)
     if np.ndim(logits) < 1 or np.shape(logits)[-1] == 0:
         raise ValueError(f"`logits` must have a non-empty last (vocabulary) axis, got shape {np.shape(logits)}.")
+    if 0 in np.shape(logits)[:-1]:
+        raise ValueError(f"`logits` must hold at least one row (no zero-size leading axis), got shape "
+                         f"{np.shape(logits)}.")
 
 
 def filter_logits(logits: jax.Array, *, top_k: int | None = None, top_p: float | None = None) -> jax.Array:
@@ -89,7 +103,7 @@ def filter_logits(logits: jax.Array, *, top_k: int | None = None, top_p: float |
         kth = jax.lax.top_k(logits, int(top_k))[0][..., -1:]
         logits = jnp.where(logits >= kth, logits, -jnp.inf)
     if top_p is not None and top_p < 1.0:
-        check_in_range("top_p", top_p, 0.0, 1.0, low_inclusive=False)
+        check_number("top_p", top_p, 0.0, 1.0, low_inclusive=False)
         srt = jnp.sort(logits, axis=-1)[..., ::-1]
         probs = jax.nn.softmax(srt.astype(jnp.float32), axis=-1)
         before = jnp.cumsum(probs, axis=-1) - probs  # mass strictly before each sorted token
@@ -118,7 +132,7 @@ def sample_from_logits(
       1
     """
     check_key("key", key)
-    check_in_range("temperature", temperature, 0.0, None)
+    check_number("temperature", temperature, 0.0, None)
     _check_filter_args(logits, top_k, top_p)
     logits = jnp.asarray(logits).astype(jnp.float32)
     # NaN or +inf logits give no distribution: refuse them (one reduction; -inf is a mask).
@@ -140,6 +154,21 @@ class OnPolicySample(NamedTuple):
 
 # ----------------------------------------------------------------------------------------------
 # model access: plain (re-run the causal model) or a key/value cache for CharLM-like models
+
+
+def _check_token_ids(name: str, model: Any, tokens: jax.Array) -> jax.Array:
+    """Token ids must index the model's vocabulary ``[0, V)`` (``V``: the last axis of its logits,
+    found with ``jax.eval_shape``, no compute). Concrete ids: ``ValueError`` now; traced ids: an
+    ``equinox.error_if`` run-time check attached to the returned ``tokens``."""
+    graphdef, state = nnx.split(model)
+    try:
+        out = jax.eval_shape(lambda st, tk: nnx.merge(graphdef, st)(tk), state, tokens)
+    except Exception:  # noqa: BLE001 - a model that fails here fails with its own error later
+        return tokens
+    shape = getattr(out, "shape", None)
+    if not shape:
+        return tokens
+    return check_index_range(name, tokens, int(shape[-1]), what="the vocabulary of `model` (its logits' last axis)")
 
 
 def _supports_cache(model: Any) -> bool:
@@ -285,18 +314,22 @@ def sample_continuations(
     References:
       Agarwal et al. (GKD), arXiv:2306.13649.
     """
+    check_callable("model", model, "an NNX causal LM (callable on tokens [B, T])")
     check_key("key", key)
+    check_array("prompts", prompts, "an integer array of token ids [B, P]")
     prompts = jnp.asarray(prompts)
     check_ndim("prompts", prompts, 2)
     if not jnp.issubdtype(prompts.dtype, jnp.integer):
         raise ValueError(f"`prompts` must be integer token ids, got dtype {prompts.dtype}.")
     if prompts.shape[1] < 1:
         raise ValueError("`prompts` must hold at least one token per row.")
+    if prompts.shape[0] < 1:
+        raise ValueError(f"`prompts` must hold at least one row, got shape {prompts.shape}.")
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"`max_new_tokens` must be a positive int, got {max_new_tokens!r}.")
-    check_in_range("temperature", temperature, 0.0, None)
+    check_number("temperature", temperature, 0.0, None)
     if top_p is not None:
-        check_in_range("top_p", top_p, 0.0, 1.0, low_inclusive=False)
+        check_number("top_p", top_p, 0.0, 1.0, low_inclusive=False)
     if top_k is not None and (not isinstance(top_k, int) or top_k < 0):
         raise ValueError(f"`top_k` must be a non-negative int or None, got {top_k!r}.")
     max_len = getattr(getattr(model, "cfg", None), "max_len", None)
@@ -304,6 +337,8 @@ def sample_continuations(
         raise ValueError(
             f"prompt length {prompts.shape[1]} + `max_new_tokens` {max_new_tokens} exceeds the model's max_len {max_len}."
         )
+    check_choice("use_cache", use_cache, (True, False, "auto"))
+    prompts = _check_token_ids("prompts", model, prompts)
     if use_cache == "auto":
         use_cache = _supports_cache(model)
     elif use_cache and not _supports_cache(model):
@@ -344,7 +379,9 @@ def mix_on_policy(
       (12, True)
     """
     check_key("key", key)
-    check_in_range("lam", lam, 0.0, 1.0)
+    check_number("lam", lam, 0.0, 1.0)
+    check_array("data_tokens", data_tokens)
+    check_array("student_tokens", student_tokens)
     data_tokens, student_tokens = jnp.asarray(data_tokens), jnp.asarray(student_tokens)
     if data_tokens.shape != student_tokens.shape:
         raise ValueError(
@@ -406,17 +443,24 @@ def on_policy_batch(
     References:
       Agarwal et al. (GKD), arXiv:2306.13649.
     """
+    check_callable("model", model, "an NNX causal LM (callable on tokens [B, T])")
     check_key("key", key)
-    check_in_range("lam", lam, 0.0, 1.0)
+    check_number("lam", lam, 0.0, 1.0)
+    check_number("temperature", temperature, 0.0, None)
+    check_choice("use_cache", use_cache, (True, False, "auto"))
+    check_array("tokens", tokens, "an integer array of token ids [B, T]")
     tokens = jnp.asarray(tokens)
     check_ndim("tokens", tokens, 2)
+    if not jnp.issubdtype(tokens.dtype, jnp.integer):
+        raise ValueError(f"`tokens` must be integer token ids, got dtype {tokens.dtype}.")
     b, t = tokens.shape
+    check_int("prompt_len", prompt_len)
     if not 1 <= prompt_len < t:
         raise ValueError(f"`prompt_len` must be in [1, {t}) for tokens of shape {tokens.shape}, got {prompt_len}.")
     n = t - prompt_len if max_new_tokens is None else max_new_tokens
     if prompt_len + n > t:
         raise ValueError(f"`prompt_len` {prompt_len} + `max_new_tokens` {n} exceeds the sequence length {t}.")
-    tokens = tokens[:, : prompt_len + n].astype(jnp.int32)
+    tokens = _check_token_ids("tokens", model, tokens[:, : prompt_len + n].astype(jnp.int32))
     k_coin, k_sample = jax.random.split(key)
     coin = jax.random.bernoulli(k_coin, lam)
 
