@@ -114,13 +114,21 @@ def _as_2d(name: str, A: Any, n: int) -> np.ndarray | None:
     return A
 
 
-def _as_1d(name: str, b: Any, m: int | None) -> np.ndarray | None:
+def _as_1d(name: str, b: Any, m: int | None, matrix: str = "its matrix") -> np.ndarray | None:
     if b is None:
         return None
-    b = np.asarray(b, dtype=np.float64).reshape(-1)
+    b = np.asarray(b, dtype=np.float64)
+    if b.ndim != 1:
+        raise ValueError(f"`{name}` must be a 1-D vector (one entry per row of {matrix}), got shape {b.shape}.")
     if m is not None and b.shape[0] != m:
-        raise ValueError(f"`{name}` must have length {m} to match the rows of its matrix, got {b.shape[0]}.")
+        raise ValueError(f"`{name}` must have length {m} to match the rows of {matrix}, got {b.shape[0]}.")
     return b
+
+
+# the HiGHS options of scipy.optimize.linprog(method="highs*") (scipy warns and ignores others)
+_HIGHS_OPTIONS = ("method", "time_limit", "presolve", "disp", "maxiter", "dual_feasibility_tolerance",
+                  "primal_feasibility_tolerance", "ipm_optimality_tolerance", "simplex_dual_edge_weight_strategy",
+                  "mip_rel_gap", "mip_max_nodes")
 
 
 def _normalize_bounds(bounds: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -178,7 +186,12 @@ def solve_lp(
       >>> r.status.name, round(r.objective, 6)
       ('OPTIMAL', -2.8)
     """
-    c = np.asarray(c, dtype=np.float64).reshape(-1)
+    if c is None:
+        raise ValueError("`c` must be the objective vector [n], got None.")
+    c = np.asarray(c, dtype=np.float64)
+    if c.ndim > 1:
+        raise ValueError(f"`c` must be a 1-D objective vector [n], got shape {c.shape}.")
+    c = c.reshape(-1)
     n = c.shape[0]
     if n == 0:
         raise ValueError("`c` must have at least one entry.")
@@ -186,8 +199,8 @@ def solve_lp(
         raise ValueError("`c` contains NaN or inf.")
     A_ub = _as_2d("A_ub", A_ub, n)
     A_eq = _as_2d("A_eq", A_eq, n)
-    b_ub = _as_1d("b_ub", b_ub, None if A_ub is None else A_ub.shape[0])
-    b_eq = _as_1d("b_eq", b_eq, None if A_eq is None else A_eq.shape[0])
+    b_ub = _as_1d("b_ub", b_ub, None if A_ub is None else A_ub.shape[0], "`A_ub`")
+    b_eq = _as_1d("b_eq", b_eq, None if A_eq is None else A_eq.shape[0], "`A_eq`")
     if (A_ub is None) != (b_ub is None):
         raise ValueError("`A_ub` and `b_ub` must be given together.")
     if (A_eq is None) != (b_eq is None):
@@ -200,6 +213,10 @@ def solve_lp(
         j = int(np.argmax(lo > hi))
         raise ValueError(f"`bounds` of variable {j} are empty: low {lo[j]} > high {hi[j]}.")
     if backend == "highs":
+        unknown = sorted(set(options) - set(_HIGHS_OPTIONS))
+        if unknown:
+            raise TypeError(f"solve_lp(backend='highs') got unknown option(s) {unknown}; "
+                            f"known HiGHS options: {list(_HIGHS_OPTIONS)}.")
         res = _solve_highs(c, A_ub, b_ub, A_eq, b_eq, lo, hi, tol=tol, max_iters=max_iters, **options)
     elif backend == "pdhg":
         from jaxeff._core.pdhg import solve_pdhg

@@ -53,6 +53,10 @@ def make_mesh(
         data-parallel). Pass ``Explicit`` for sharding-in-types.
     """
     devices = list(jax.devices() if devices is None else devices)
+    if shape is None or isinstance(shape, (str, bytes)) or not np.iterable(shape):
+        raise ValueError(f"`shape` must be a sequence of ints (one per mesh axis), got {shape!r}.")
+    if axis_names is None or not np.iterable(axis_names):
+        raise ValueError(f"`axis_names` must be a sequence of names (one per mesh axis), got {axis_names!r}.")
     shape = list(shape)
     if len(shape) != len(axis_names):
         raise ValueError(
