@@ -68,6 +68,10 @@ def fake_quant(
     """
     check_choice("ste", ste, ("clipped", "identity"))
     f = get_qformat(fmt)
+    if isinstance(x, (list, tuple)):
+        x = jnp.asarray(x)
+    if x is None:
+        raise ValueError("`x` must be a float array, got None.")
     xs = jax.lax.stop_gradient(x)
     qa = quantize(xs, f, axis=axis, group_size=group_size, symmetric=symmetric,
                   calibration=calibration, rounding=rounding, key=key, percentile=percentile,

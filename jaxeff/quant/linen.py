@@ -391,6 +391,13 @@ def dequantize_params(params: Mapping[str, Any], dtype: Any = None) -> dict:
     """
     if not isinstance(params, Mapping):
         raise ValueError(f"`params` must be a (nested) mapping, got {type(params).__name__}.")
+    if dtype is not None:
+        try:
+            dt = jnp.dtype(dtype)
+        except TypeError:
+            dt = None
+        if dt is None or not jnp.issubdtype(dt, jnp.inexact):
+            raise ValueError(f"`dtype` must be a floating dtype (e.g. jnp.float32) or None, got {dtype!r}.")
     return _rebuild(params, lambda p, v: v.dequantize(dtype) if _is_q(v) else v)
 
 

@@ -36,8 +36,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxeff._core.validation import check_choice
 from jaxeff.quant.formats import FormatLike, get_qformat
-from jaxeff.quant.qarray import QArray, ScaledQArray, quantize
+from jaxeff.quant.qarray import CALIBRATIONS, QArray, ScaledQArray, quantize
 
 __all__ = ["quantized_dot_general", "quantized_matmul", "INT32_SAFE_K"]
 
@@ -172,6 +173,34 @@ def _piecewise_dot(lhs: QArray, rhs: QArray, lc, rc, lb, rb, acc_dtype, kmax: in
     return jax.lax.scan(block, acc0, (a3, b3, ls3, rs3))[0]
 
 
+def _operand(name: str, a: Any) -> Any:
+    """``a`` as a float array or a QArray (a nested list is converted); None is refused."""
+    if a is None:
+        raise ValueError(f"`{name}` must be an array or a QArray, got None.")
+    if not hasattr(a, "shape"):
+        return jnp.asarray(a)  # nested lists, Python scalars
+    return a
+
+
+def _parse_dimension_numbers(dimension_numbers: Any, lndim: int, rndim: int):
+    """``(lc, rc, lb, rb)`` as int tuples, each axis checked against its operand's rank."""
+    want = "((lhs_contract, rhs_contract), (lhs_batch, rhs_batch))"
+    try:
+        (lc, rc), (lb, rb) = dimension_numbers
+        lc, rc, lb, rb = tuple(lc), tuple(rc), tuple(lb), tuple(rb)
+    except (TypeError, ValueError):
+        raise ValueError(f"`dimension_numbers` must be {want}, got {dimension_numbers!r}.") from None
+    for axes, nd, who in ((lc, lndim, "lhs"), (lb, lndim, "lhs"), (rc, rndim, "rhs"), (rb, rndim, "rhs")):
+        for a in axes:
+            if isinstance(a, bool) or not isinstance(a, (int, np.integer)) or not 0 <= a < nd:
+                raise ValueError(f"`dimension_numbers` {dimension_numbers!r}: axis {a!r} is not an axis of "
+                                 f"`{who}` (rank {nd}); expected ints in [0, {nd}).")
+    if len(lc) != len(rc) or len(lb) != len(rb):
+        raise ValueError(f"`dimension_numbers` {dimension_numbers!r}: lhs and rhs need as many contracting "
+                         "(and batch) axes.")
+    return lc, rc, lb, rb
+
+
 def quantized_dot_general(
     lhs: jax.Array | QArray,
     rhs: jax.Array | QArray,
@@ -211,8 +240,8 @@ def quantized_dot_general(
     References:
         Jacob et al., arXiv:1712.05877.
     """
-    (lc, rc), (lb, rb) = dimension_numbers
-    lc, rc, lb, rb = tuple(lc), tuple(rc), tuple(lb), tuple(rb)
+    lhs, rhs = _operand("lhs", lhs), _operand("rhs", rhs)
+    lc, rc, lb, rb = _parse_dimension_numbers(dimension_numbers, len(lhs.shape), len(rhs.shape))
     lq, rq = isinstance(lhs, QArray), isinstance(rhs, QArray)
     if not (lq or rq):
         return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
@@ -274,12 +303,16 @@ def quantized_matmul(
     References:
         Dettmers et al., arXiv:2208.07339; Xiao et al., arXiv:2211.10438.
     """
+    x, w = _operand("x", x), _operand("w", w)
+    check_choice("act_calibration", act_calibration, CALIBRATIONS)
     if isinstance(w, ScaledQArray):
         x = x / w.input_scale.astype(x.dtype)
         act_fmt = act_fmt if act_fmt is not None else w.act_fmt
         w = w.qweight
     if np.ndim(w) != 2 if not isinstance(w, QArray) else w.ndim != 2:
         raise ValueError(f"`w` must be a 2-D kernel [in, out], got shape {tuple(w.shape)}.")
+    if len(x.shape) < 1:
+        raise ValueError(f"`x` must have shape [..., {w.shape[0]}], got {tuple(x.shape)}.")
     xin = x.shape[-1]
     if xin != w.shape[0]:
         raise ValueError(

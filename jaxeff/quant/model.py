@@ -239,6 +239,9 @@ class QuantRule:
             get_qformat(self.act_fmt, "act_fmt")
         check_choice("method", self.method, QUANT_METHODS)
         check_choice("calibration", self.calibration, CALIBRATIONS)
+        gs = self.group_size
+        if gs is not None and (isinstance(gs, (bool, np.bool_)) or not isinstance(gs, (int, np.integer)) or gs < 1):
+            raise ValueError(f"`group_size` must be a positive int or None, got {gs!r}.")
         for name in ("contract_axes", "batch_axes"):
             v = getattr(self, name)
             if v is None:
@@ -781,6 +784,11 @@ def _replace(root: nnx.Module, path: str, new: nnx.Module) -> nnx.Module:
     return root
 
 
+def _check_module(name: str, model: Any) -> None:
+    if not isinstance(model, nnx.Module):
+        raise ValueError(f"`{name}` must be a flax.nnx.Module, got {type(model).__name__}.")
+
+
 def _as_rules(rules) -> list[QuantRule]:
     if isinstance(rules, QuantRule):
         return [rules]
@@ -985,6 +993,7 @@ def prepare_qat(model: nnx.Module, rules: QuantRule | Sequence[QuantRule]) -> nn
     Raises:
         ValueError: a rule matching no layer, or a matched layer that cannot be swapped.
     """
+    _check_module("model", model)
     rules = _as_rules(rules)
     new = nnx.clone(model)
     sites, bad, _ = _discover(new)
@@ -1068,6 +1077,7 @@ def quantize_model(
     References:
         Frantar et al., arXiv:2210.17323 (sequential layer-wise calibration).
     """
+    _check_module("model", model)
     rules = _as_rules(rules)
     if calibration_data is not None and not (callable(calibration_data) or isinstance(calibration_data, Mapping)):
         raise ValueError("`calibration_data` must be a mapping {path: inputs} or a callable model -> mapping.")
@@ -1162,6 +1172,8 @@ def quant_weight_bytes(model_or_tree: Any) -> int:
         >>> quant_weight_bytes(nnx.Linear(4, 2, rngs=nnx.Rngs(0)))
         40
     """
+    if model_or_tree is None:
+        raise ValueError("`model_or_tree` must be an nnx.Module or a pytree of arrays, got None.")
     tree = nnx.state(model_or_tree, _WEIGHTS) if isinstance(model_or_tree, nnx.Module) else model_or_tree
     total = 0
     for leaf in jax.tree.leaves(tree):
@@ -1370,6 +1382,8 @@ def save_quantized(path: str | os.PathLike, model: nnx.Module | Mapping[str, Any
         >>> save_quantized("/tmp/m.safetensors", qmodel)   # doctest: +SKIP
         >>> qmodel2 = load_quantized("/tmp/m.safetensors", float_model_skeleton)   # doctest: +SKIP
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise ValueError(f"`path` must be a file path (str or os.PathLike), got {type(path).__name__}.")
     if file_format is None:
         file_format = "npz" if str(path).endswith(".npz") else "safetensors"
     check_choice("file_format", file_format, ("safetensors", "npz"))

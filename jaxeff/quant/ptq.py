@@ -38,8 +38,10 @@ from jaxeff._core.validation import (
     check_choice,
     check_finite,
     check_floating,
-    check_in_range,
+    check_int,
     check_ndim,
+    check_number,
+    check_same_shape,
     is_traced,
 )
 from jaxeff.quant.formats import FormatLike, QFormat, get_qformat
@@ -67,11 +69,19 @@ __all__ = [
 # --------------------------------------------------------------------------------------
 # shared helpers
 # --------------------------------------------------------------------------------------
-def _check_w(w) -> None:
-    check_floating("w", w)
-    check_ndim("w", w, 2)
+def _check_w(w, name: str = "w"):
+    """``w`` as an array: a non-empty, finite 2-D float kernel ``[in, out]`` (a nested list is converted)."""
+    if w is None:
+        raise ValueError(f"`{name}` must be a float kernel [in, out], got None.")
+    if isinstance(w, (list, tuple)):
+        w = jnp.asarray(w)
+    check_floating(name, w)
+    check_ndim(name, w, 2)
+    if 0 in np.shape(w):
+        raise ValueError(f"`{name}` must be a non-empty kernel [in, out], got shape {tuple(np.shape(w))}.")
     if not is_traced(w):
-        check_finite("w", w)
+        check_finite(name, w)
+    return w
 
 
 def _check_group(w_in: int, group_size) -> int | None:
@@ -85,12 +95,16 @@ def _check_group(w_in: int, group_size) -> int | None:
 
 
 def _flatten_x(x, n_in: int, name: str = "x") -> jax.Array:
+    if x is None:
+        raise ValueError(f"`{name}` must be calibration inputs [..., {n_in}], got None.")
     x = jnp.asarray(x)
     check_floating(name, x)
     if x.ndim < 1 or x.shape[-1] != n_in:
         raise ValueError(
             f"`{name}` must have last dimension {n_in} (the input size of `w`), got shape {tuple(x.shape)}."
         )
+    if x.size == 0:
+        raise ValueError(f"`{name}` has no rows (shape {tuple(x.shape)}); at least one calibration row is needed.")
     if not is_traced(x):
         check_finite(name, x)
     return x.reshape(-1, n_in)
@@ -116,8 +130,14 @@ def calibration_hessian(x: jax.Array) -> jax.Array:
         >>> calibration_hessian(jnp.ones((4, 3))).shape
         (3, 3)
     """
+    if x is None:
+        raise ValueError("`x` must be calibration inputs [..., in], got None.")
     x = jnp.asarray(x)
     check_floating("x", x)
+    if x.ndim < 1:
+        raise ValueError(f"`x` must have shape [..., in], got {tuple(x.shape)}.")
+    if x.size == 0 and x.shape[-1] != 0:
+        raise ValueError(f"`x` has no rows (shape {tuple(x.shape)}); at least one calibration row is needed.")
     x2 = x.reshape(-1, x.shape[-1])
     dt = jnp.promote_types(x2.dtype, jnp.float32)
     x2 = x2.astype(dt)
@@ -176,22 +196,34 @@ def layer_reconstruction_error(x: jax.Array | None, w: jax.Array, w_hat: Any, *,
         >>> w = jnp.eye(3); layer_reconstruction_error(jnp.ones((5, 3)), w, w)
         Array(0., dtype=float32)
     """
-    _check_w(w)
+    w = _check_w(w)
+    if w_hat is None:
+        raise ValueError(f"`w_hat` must be a kernel of the shape of `w` {tuple(w.shape)} or a QArray, got None.")
     if isinstance(w_hat, (QArray, ScaledQArray)):
         w_hat = w_hat.dequantize(jnp.float32)
+    w_hat = jnp.asarray(w_hat)
+    check_same_shape("w_hat", w_hat, "w", w)
     h = _as_hessian(x, hessian, w.shape[0])
     d = (w - w_hat).astype(h.dtype)
     return jnp.sum(d * (h @ d))
 
 
-def _fmt_and_checks(w, fmt, symmetric, calibration, group_size):
-    _check_w(w)
+_UNSET = object()
+
+
+def _fmt_and_checks(w, fmt, symmetric, calibration, group_size, percentile=_UNSET, mse_grid=_UNSET):
+    """``(w as an array, QFormat, group_size)`` after the checks shared by the PTQ methods."""
+    w = _check_w(w)
     if fmt is None:
         raise ValueError("`fmt` is required (e.g. 'int4').")
     f = get_qformat(fmt)
     _check_symmetric_calibration(f, symmetric, calibration)
     gs = _check_group(w.shape[0], group_size)
-    return f, gs
+    if percentile is not _UNSET:
+        check_number("percentile", percentile, 0.0, 100.0, low_inclusive=False)
+    if mse_grid is not _UNSET:
+        check_int("mse_grid", mse_grid, 1)
+    return w, f, gs
 
 
 def _row_calib(rows, fmt, symmetric, calibration, percentile, mse_grid, scale_dtype="float32"):
@@ -239,7 +271,7 @@ def rtn(
     References:
         Nagel et al., arXiv:2106.08295.
     """
-    _fmt_and_checks(w, fmt, symmetric, calibration, group_size)
+    w, _, _ = _fmt_and_checks(w, fmt, symmetric, calibration, group_size, percentile, mse_grid)
     return quantize(w, fmt, axis=0, group_size=group_size, symmetric=symmetric,
                     calibration=calibration, percentile=percentile, mse_grid=mse_grid,
                     scale_dtype=scale_dtype)
@@ -388,9 +420,9 @@ def gptq(
         Frantar et al., "GPTQ: Accurate Post-Training Quantization for Generative
         Pre-trained Transformers", arXiv:2210.17323.
     """
-    f, gs = _fmt_and_checks(w, fmt, symmetric, calibration, group_size)
+    w, f, gs = _fmt_and_checks(w, fmt, symmetric, calibration, group_size, percentile, mse_grid)
     sd = _scale_dtype_name(scale_dtype)
-    check_in_range("damp", damp, 0.0, None)
+    check_number("damp", damp, 0.0, None)
     if not isinstance(block_size, (int, np.integer)) or block_size < 1:
         raise ValueError(f"`block_size` must be a positive int, got {block_size!r}.")
     h = _gather_explicit(_as_hessian(x, hessian, w.shape[0], require_data=True))
@@ -509,13 +541,13 @@ def quantease(
         Behdin et al., "QuantEase: Optimization-based Quantization for Language Models",
         arXiv:2309.01885.
     """
-    f, gs = _fmt_and_checks(w, fmt, symmetric, calibration, group_size)
+    w, f, gs = _fmt_and_checks(w, fmt, symmetric, calibration, group_size, percentile, mse_grid)
     check_choice("init", init, ("w", "rtn", "gptq"))
     if not isinstance(num_iters, (int, np.integer)) or num_iters < 1:
         raise ValueError(f"`num_iters` must be a positive int, got {num_iters!r}.")
     if relax_every is not None and (not isinstance(relax_every, (int, np.integer)) or relax_every < 2):
         raise ValueError(f"`relax_every` must be None or an int >= 2, got {relax_every!r}.")
-    check_in_range("damp", damp, 0.0, None)
+    check_number("damp", damp, 0.0, None)
     sd = _scale_dtype_name(scale_dtype)
     w = _gather_explicit(jnp.asarray(w))
     h = _gather_explicit(_as_hessian(x, hessian, w.shape[0], require_data=True))
@@ -582,7 +614,7 @@ def awq(
         Lin et al., "AWQ: Activation-aware Weight Quantization for LLM Compression and
         Acceleration", arXiv:2306.00978.
     """
-    f, gs = _fmt_and_checks(w, fmt, symmetric, calibration, group_size)
+    w, f, gs = _fmt_and_checks(w, fmt, symmetric, calibration, group_size, percentile, mse_grid)
     sd = _scale_dtype_name(scale_dtype)
     if not isinstance(n_grid, (int, np.integer)) or n_grid < 1:
         raise ValueError(f"`n_grid` must be a positive int, got {n_grid!r}.")
@@ -656,9 +688,9 @@ def smoothquant(
         Xiao et al., "SmoothQuant: Accurate and Efficient Post-Training Quantization for
         Large Language Models", arXiv:2211.10438.
     """
-    f, gs = _fmt_and_checks(w, fmt, symmetric, calibration, group_size)
+    w, f, gs = _fmt_and_checks(w, fmt, symmetric, calibration, group_size)
     af = None if act_fmt is None else get_qformat(act_fmt, "act_fmt")
-    check_in_range("alpha", alpha, 0.0, 1.0)
+    check_number("alpha", alpha, 0.0, 1.0)
     w = jnp.asarray(w)
     x2 = _flatten_x(x, w.shape[0])
     xmax = jnp.maximum(jnp.max(jnp.abs(x2.astype(jnp.float32)), axis=0), 1e-5)

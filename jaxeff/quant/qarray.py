@@ -44,8 +44,9 @@ from jaxeff._core.validation import (
     check_choice,
     check_finite,
     check_floating,
-    check_in_range,
+    check_int,
     check_key,
+    check_number,
     is_traced,
 )
 from jaxeff.quant.formats import FormatLike, QFormat, get_qformat
@@ -134,9 +135,15 @@ def pack_int(codes: jax.Array, fmt: FormatLike) -> jax.Array:
     if not f.packed:
         raise ValueError(f"`fmt` {f.name} is not a packed format (needs <= 4 bits).")
     k, cb = f.values_per_byte, f.container_bits
+    if codes is None:
+        raise ValueError("`codes` must be an integer array of codes, got None.")
+    codes = jnp.asarray(codes)
+    if codes.ndim < 1:
+        raise ValueError(f"`codes` must have at least one dimension (codes are packed along the last), got shape "
+                         f"{codes.shape}.")
     n = codes.shape[-1]
     pad = (-n) % k
-    u = jnp.asarray(codes).astype(jnp.uint8) & jnp.uint8((1 << cb) - 1)
+    u = codes.astype(jnp.uint8) & jnp.uint8((1 << cb) - 1)
     if pad:
         u = jnp.pad(u, [(0, 0)] * (u.ndim - 1) + [(0, pad)])
     u = u.reshape(u.shape[:-1] + ((n + pad) // k, k))
@@ -155,6 +162,8 @@ def unpack_int(packed: jax.Array, fmt: FormatLike, n: int) -> jax.Array:
     """
     f = get_qformat(fmt)
     k, cb = f.values_per_byte, f.container_bits
+    if packed is None:
+        raise ValueError("`packed` must be a uint8 array (from pack_int), got None.")
     packed = jnp.asarray(packed)
     if packed.dtype != jnp.uint8 or packed.ndim < 1:
         raise ValueError(f"`packed` must be a uint8 array of rank >= 1 (from pack_int), got {packed.dtype}{packed.shape}.")
@@ -395,14 +404,17 @@ def _check_symmetric_calibration(f: QFormat, symmetric: bool, calibration: str) 
 
 def _validate(x, fmt, axis, group_size, calibration, rounding, key, symmetric, percentile, mse_grid):
     f = get_qformat(fmt)
+    if x is None:
+        raise ValueError("`x` must be a float array, got None.")
     check_floating("x", x)
+    if np.size(x) == 0:
+        raise ValueError(f"`x` must be a non-empty array, got shape {tuple(np.shape(x))}.")
     _check_symmetric_calibration(f, symmetric, calibration)
     check_choice("rounding", rounding, ROUNDINGS)
     if rounding == "stochastic":
         check_key("key", key)
-    check_in_range("percentile", percentile, 0.0, 100.0, low_inclusive=False)
-    if int(mse_grid) < 1:
-        raise ValueError(f"`mse_grid` must be >= 1, got {mse_grid!r}.")
+    check_number("percentile", percentile, 0.0, 100.0, low_inclusive=False)
+    check_int("mse_grid", mse_grid, 1)
     axes = _normalize_axis(axis, np.ndim(x))
     if group_size is not None:
         if not isinstance(group_size, (int, np.integer)) or group_size < 1:
@@ -500,6 +512,8 @@ def quantize(
     References:
         Nagel et al., arXiv:2106.08295 (calibration, per-channel/group scales).
     """
+    if isinstance(x, (list, tuple)):
+        x = jnp.asarray(x)
     f, axes, group_size = _validate(x, fmt, axis, group_size, calibration, rounding, key,
                                     symmetric, percentile, mse_grid)
     sd = _scale_dtype_name(scale_dtype)
