@@ -27,6 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 from jaxeff._core import check_choice
+from jaxeff._core.validation import check_int
 
 __all__ = ["make_coreset_data"]
 
@@ -109,6 +110,8 @@ def make_coreset_data(kind: str, n: int, seed: int = 0, d: int | None = None, dt
     check_choice("kind", kind, KINDS)
     if not isinstance(n, (int, np.integer)) or n < 2:
         raise ValueError(f"`n` must be an int >= 2, got {n!r}.")
+    if d is not None:
+        check_int("d", d, 1)
     rng = np.random.default_rng(seed)
     if kind == "covertype":
         cont = rng.gamma(2.0, 1.0, size=(n, 10)) * rng.choice([1.0, 3.0], size=(1, 10))

@@ -108,6 +108,13 @@ def fwht(a: jax.Array) -> jax.Array:
     References:
       arXiv 1011.1595.
     """
+    if a is None:
+        raise ValueError("`a` must be an array, got None.")
+    a = jnp.asarray(a)
+    if a.ndim < 1 or a.size == 0:
+        raise ValueError(f"`a` must be a non-empty array with at least one axis, got shape {a.shape}.")
+    if a.dtype == jnp.bool_:
+        a = a.astype(jnp.result_type(float))
     D = a.shape[-1]
     if D & (D - 1):
         raise ValueError(f"the last axis of `a` must have a power-of-2 length, got {D}.")

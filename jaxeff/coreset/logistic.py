@@ -28,6 +28,7 @@ import numpy as np
 import optax
 
 from jaxeff._core import check_choice, check_in_range, check_shape, is_traced
+from jaxeff._core.validation import check_int, check_number
 from jax.sharding import PartitionSpec as P
 
 from jaxeff.coreset._common import check_Xy, constrain, mesh_axis_of, psum
@@ -98,7 +99,7 @@ def logistic_loss(beta: Any, X: Any, y: Any, weights: Any = None, l2: float = 0.
     """
     X, y, w = check_Xy(X, y, weights)
     check_shape("beta", beta, (X.shape[1],))
-    check_in_range("l2", l2, 0.0)
+    check_number("l2", l2, 0.0)
     return _loss(jnp.asarray(beta, X.dtype), X, y, w, l2)
 
 
@@ -287,12 +288,12 @@ def fit_logistic(
       arXiv 1805.08571 (MSSW 2018); Nocedal & Wright, Numerical Optimization (Newton, L-BFGS).
     """
     X, y, w = check_Xy(X, y, weights)
-    check_in_range("l2", l2, 0.0)
+    check_number("l2", l2, 0.0)
     check_choice("method", method, ("newton", "lbfgs"))
-    check_in_range("tol", tol, 0.0, None, low_inclusive=False)
+    check_number("tol", tol, 0.0, None, low_inclusive=False)
     if max_steps is None:
         max_steps = 100 if method == "newton" else 1000
-    check_in_range("max_steps", max_steps, 1)
+    check_int("max_steps", max_steps, 1)
     d = X.shape[1]
     if beta0 is None:
         beta0 = jnp.zeros((d,), X.dtype)

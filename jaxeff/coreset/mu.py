@@ -86,7 +86,12 @@ def mu_ratio(beta: Any, X: Any, y: Any) -> float:
       arXiv 1805.08571.
     """
     Z = _z(X, y)
-    beta = np.asarray(beta, np.float64).reshape(-1)
+    if beta is None:
+        raise ValueError("`beta` must be a coefficient vector, got None.")
+    beta = np.asarray(beta, np.float64)
+    if beta.ndim > 1:
+        raise ValueError(f"`beta` must be a 1-D coefficient vector, got shape {beta.shape}.")
+    beta = beta.reshape(-1)
     if beta.shape[0] != Z.shape[1]:
         raise ValueError(f"`beta` must have length {Z.shape[1]}, got {beta.shape[0]}.")
     v = Z @ beta

@@ -51,6 +51,7 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from jaxeff._core import check_in_range, check_key, is_traced
+from jaxeff._core.validation import check_array, check_int, check_number
 from jaxeff.coreset._common import check_rows_divisible, check_Xy, constrain, mesh_axis_of, psum, shard_index
 from jaxeff.coreset.logistic import LogisticFit, LogisticFitStatus, _lbfgs_minimize
 
@@ -87,7 +88,9 @@ def oblivious_level_probabilities(n: int, m: int, num_levels: int = 3) -> tuple[
       >>> N, U, round(float(p.sum()), 6)
       (100, 100, 1.0)
     """
-    L = int(num_levels)
+    check_int("n", n, 1)
+    check_int("m", m, 1)
+    L = check_int("num_levels", num_levels, 1)
     N = max(int(m) // (L + 1), 1)
     U = max(int(m) - L * N, 1)
     b = (n / N) ** (1.0 / (L - 1)) if L > 1 else 1.0
@@ -178,7 +181,7 @@ def oblivious_sketch(key: Any, X: Any, y: Any, m: int, *, num_levels: int = 3, k
         raise ValueError(f"`num_levels` must be a positive int, got {num_levels!r}.")
     if m < num_levels + 1:
         raise ValueError(f"`m` ({m}) must be at least num_levels + 1 = {num_levels + 1}.")
-    check_in_range("keep", keep, 0.0, 1.0, low_inclusive=False)
+    check_number("keep", keep, 0.0, 1.0, low_inclusive=False)
     if m > n:
         raise ValueError(f"`m` ({m}) must be <= n ({n}).")
     p, N, U = oblivious_level_probabilities(n, int(m), int(num_levels))
@@ -187,6 +190,12 @@ def oblivious_sketch(key: Any, X: Any, y: Any, m: int, *, num_levels: int = 3, k
     check_rows_divisible(n, mesh, axis)
     SZ, w = _build(n, d, int(num_levels), N, U, tuple(p.tolist()), mesh, axis)(key, X, y)
     return ObliviousSketch(SZ, jnp.ones((SZ.shape[0],), X.dtype), w, int(num_levels), N, k)
+
+
+def _check_sketch(sketch: Any) -> None:
+    if not isinstance(sketch, ObliviousSketch):
+        raise TypeError(f"`sketch` must be an ObliviousSketch (the result of oblivious_sketch), "
+                        f"got {type(sketch).__name__}.")
 
 
 def _sketch_loss(beta, Z, w, L, N, k, l2):
@@ -222,11 +231,13 @@ def oblivious_sketch_loss(sketch: ObliviousSketch, beta: Any, l2: float = 0.0) -
     References:
       Munteanu, Omlor, Woodruff, arXiv 2107.06615.
     """
+    _check_sketch(sketch)
+    check_array("beta", beta, f"an array of coefficients [{sketch.X.shape[1]}]")
     Z = sketch.X
     beta = jnp.asarray(beta, Z.dtype)
     if beta.shape != (Z.shape[1],):
         raise ValueError(f"`beta` must have shape ({Z.shape[1]},), got {beta.shape}.")
-    check_in_range("l2", l2, 0.0)
+    check_number("l2", l2, 0.0)
     return _sketch_loss(beta, Z, sketch.weights, sketch.num_levels, sketch.buckets, sketch.keep, l2)
 
 
@@ -262,8 +273,10 @@ def fit_oblivious_sketch(sketch: ObliviousSketch, l2: float = 0.0, *, max_steps:
     References:
       Munteanu, Omlor, Woodruff, arXiv 2107.06615.
     """
-    check_in_range("l2", l2, 0.0)
-    check_in_range("max_steps", max_steps, 1)
+    _check_sketch(sketch)
+    check_number("l2", l2, 0.0)
+    check_int("max_steps", max_steps, 1)
+    check_number("tol", tol, 0.0)
     Z = sketch.X
     dt = Z.dtype
     b, f, status, it, gn = _fit_sketch(Z, sketch.weights, jnp.asarray(l2, dt), jnp.zeros((Z.shape[1],), dt),

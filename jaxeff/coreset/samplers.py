@@ -56,7 +56,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from jaxeff._core import check_choice, check_in_range, check_key, is_traced
+from jaxeff._core import check_choice, check_in_range, check_key, check_ndim, is_traced
+from jaxeff._core.validation import check_array, check_int
 from jaxeff.coreset._common import (
     all_gather,
     check_rows_divisible,
@@ -504,7 +505,7 @@ def _prepare(method, key, X, y, m, replace, sample_weights, mesh, axis, sketch_s
     if sketch_size is not None:
         check_in_range("sketch_size", sketch_size, 1)
     if jl_dim is not None:
-        check_in_range("jl_dim", jl_dim, 1)
+        check_int("jl_dim", jl_dim, 1)  # None: exact quadratic forms (documented)
     if lewis_iters is not None:
         if not isinstance(lewis_iters, (int, np.integer)) or isinstance(lewis_iters, bool):
             raise TypeError(f"`num_iters` must be None (convergence test) or a positive int, got {lewis_iters!r}.")
@@ -514,6 +515,13 @@ def _prepare(method, key, X, y, m, replace, sample_weights, mesh, axis, sketch_s
             ("lewis_iters", None if lewis_iters is None else int(lewis_iters)))
     fn = _build(method, n, d, int(m) if what == "sample" else 1, bool(replace), mesh, axis, opts, what)
     return fn(key, X, y, w)
+
+
+def _shape_nd(X):
+    """``(n, d)`` of the design matrix, refusing what is not a 2-D array by name."""
+    check_array("X", X, "a 2-D array of features [n, d]")
+    check_ndim("X", X, 2)
+    return np.shape(X)
 
 
 def _default_sketch(n, d):
@@ -574,7 +582,7 @@ def sqrt_leverage(key, X, y, m, *, replace=True, sample_weights=None, mesh=None,
     References:
       Munteanu et al., arXiv 1805.08571; Clarkson & Woodruff, arXiv 1207.6365 (CountSketch).
     """
-    n, d = np.shape(X)
+    n, d = _shape_nd(X)
     sk = _default_sketch(n, d) if isinstance(sketch_size, str) and sketch_size == "auto" else sketch_size
     return _prepare("sqrt_leverage", key, X, y, m, replace, sample_weights, mesh, axis, sk, jl_dim, 1)
 
@@ -601,7 +609,7 @@ def lewis_weights(key, X, y, m, *, replace=True, sample_weights=None, mesh=None,
     References:
       Cohen & Peng, arXiv 1412.0588; Mai, Musco, Rao, arXiv 2106.04254.
     """
-    n, d = np.shape(X)
+    n, d = _shape_nd(X)
     sk = _default_sketch(n, d) if isinstance(sketch_size, str) and sketch_size == "auto" else sketch_size
     return _prepare("lewis_weights", key, X, y, m, replace, sample_weights, mesh, axis, sk, jl_dim, num_iters)
 
@@ -621,7 +629,7 @@ def augmented_sensitivity(key, X, y, m, *, replace=True, sample_weights=None, me
     References:
       Munteanu & Omlor, ICML 2024, arXiv 2406.00328.
     """
-    n, d = np.shape(X)
+    n, d = _shape_nd(X)
     sk = _default_sketch(n, d) if isinstance(sketch_size, str) and sketch_size == "auto" else sketch_size
     return _prepare("augmented_sensitivity", key, X, y, m, replace, sample_weights, mesh, axis, sk, jl_dim,
                     num_iters)
@@ -660,7 +668,7 @@ def coreset_probabilities(key, X, y, method, *, sample_weights=None, mesh=None, 
       arXiv 1805.08571; arXiv 2406.00328.
     """
     check_choice("method", method, SAMPLER_METHODS)
-    n, d = np.shape(X)
+    n, d = _shape_nd(X)
     sk = _default_sketch(n, d) if isinstance(sketch_size, str) and sketch_size == "auto" else sketch_size
     if method == "uniform":
         sk, jl_dim = None, None
@@ -689,6 +697,8 @@ def take_coreset(X, y, indices, weights) -> Coreset:
       arXiv 1805.08571.
     """
     X, y, _ = check_Xy(X, y)
+    check_array("indices", indices, "a 1-D integer array of row ids")
+    check_array("weights", weights, "an array of importance weights (one per index)")
     indices = jnp.asarray(indices)
     if not jnp.issubdtype(indices.dtype, jnp.integer) or indices.ndim != 1:
         raise ValueError(f"`indices` must be a 1-D integer array of row ids, got dtype {indices.dtype} "
@@ -735,6 +745,8 @@ def merge_and_reduce(coresets, m, *, key, method="sqrt_leverage", replace=True, 
     check_choice("method", method, SAMPLER_METHODS)
     if not isinstance(m, (int, np.integer)) or m < 1:
         raise ValueError(f"`m` must be a positive int, got {m!r}.")
+    if coresets is None or isinstance(coresets, (str, bytes)) or not np.iterable(coresets):
+        raise ValueError(f"`coresets` must be a sequence of Coreset / (X, y, weights) triples, got {coresets!r}.")
     coresets = list(coresets)
     if not coresets:
         raise ValueError("`coresets` must contain at least one coreset.")
