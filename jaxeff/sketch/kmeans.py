@@ -31,7 +31,15 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxeff._core.validation import check_choice, check_index_range, check_key, check_ndim, is_traced
+from jaxeff._core.validation import (
+    check_array,
+    check_choice,
+    check_index_range,
+    check_key,
+    check_ndim,
+    check_number,
+    is_traced,
+)
 from jaxeff._core.sharding import row_mesh_axis
 from jaxeff.sketch.sketches import _reshard
 
@@ -62,6 +70,7 @@ def _check_int(name: str, v: Any, low: int = 1, high: int | None = None) -> int:
 
 def _check_data(name: str, A: Any, *, finite: bool = True) -> jax.Array:
     """2-D, non-empty, floating (ints are cast to float32); with ``finite`` also no NaN/inf rows."""
+    check_array(name, A, "a 2-D array")
     A = jnp.asarray(A)
     check_ndim(name, A, 2)
     if not jnp.issubdtype(A.dtype, jnp.floating):
@@ -81,8 +90,7 @@ def _check_solver_args(n_init, max_iter, chunk_size, tol):
     n_init = _check_int("n_init", n_init)
     max_iter = _check_int("max_iter", max_iter)
     chunk_size = _check_int("chunk_size", chunk_size)
-    if not is_traced(tol) and not (float(tol) >= 0.0):
-        raise ValueError(f"`tol` must be >= 0, got {tol!r}.")
+    check_number("tol", tol, 0.0)  # a traced tol is not checked (value unknown)
     return n_init, max_iter, chunk_size
 
 
@@ -389,6 +397,8 @@ def kmeans(
     if k > n:
         raise ValueError(f"`k` ({k}) must be <= the number of rows of `A` ({n}).")
     n_init, max_iter, chunk_size = _check_solver_args(n_init, max_iter, chunk_size, tol)
+    if init is None:
+        raise ValueError(f"`init` must be 'k-means++', 'random' or an array of shape ({k}, {d}), got None.")
     if isinstance(init, str):
         check_choice("init", init, ("k-means++", "random"))
         init_C = jnp.zeros((k, d), A.dtype)
@@ -415,6 +425,18 @@ def kmeans(
         fn = _kmeans_sharded_fn(mesh, axis, k, chunk, init_kind, n_trials, n_init)
         C, labels, cost = fn(key, A, init_C, tol, jnp.asarray(max_iter, jnp.int32))
     return KMeansResult(C, labels, cost)
+
+
+def _check_centers(centers: Any, A: jax.Array) -> jax.Array:
+    """``(k, d)`` centers with ``k >= 1`` and the ``d`` columns of ``A``."""
+    check_array("centers", centers, "a 2-D array of centers (k, d)")
+    centers = jnp.asarray(centers, A.dtype)
+    check_ndim("centers", centers, 2)
+    if centers.shape[1] != A.shape[1]:
+        raise ValueError(f"`centers` must have {A.shape[1]} columns like `A`, got shape {centers.shape}.")
+    if centers.shape[0] < 1:
+        raise ValueError(f"`centers` must hold at least one center, got shape {centers.shape}.")
+    return centers
 
 
 @functools.partial(jax.jit, static_argnames=("chunk",))
@@ -453,10 +475,7 @@ def kmeans_assign(
       ([0, 1, 2], 0.0)
     """
     A = _check_data("A", A)
-    centers = jnp.asarray(centers, A.dtype)
-    check_ndim("centers", centers, 2)
-    if centers.shape[1] != A.shape[1]:
-        raise ValueError(f"`centers` must have {A.shape[1]} columns like `A`, got shape {centers.shape}.")
+    centers = _check_centers(centers, A)
     chunk_size = _check_int("chunk_size", chunk_size)
     mesh, axis = _data_mesh(A, mesh, axis)
     if mesh is None:
@@ -486,7 +505,8 @@ def kmeans_cost(A: jax.Array, centers: jax.Array, labels: jax.Array) -> jax.Arra
       8.0
     """
     A = _check_data("A", A)
-    centers = jnp.asarray(centers, A.dtype)
+    centers = _check_centers(centers, A)
+    check_array("labels", labels, "a 1-D integer array of center ids")
     labels = jnp.asarray(labels)
     check_ndim("labels", labels, 1)
     if labels.shape[0] != A.shape[0]:

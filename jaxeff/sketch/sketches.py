@@ -49,7 +49,7 @@ import numpy as np
 from jax import lax
 
 from jaxeff._core.sharding import place, row_mesh_axis
-from jaxeff._core.validation import check_choice, check_key, check_ndim, is_traced
+from jaxeff._core.validation import check_array, check_choice, check_key, check_ndim, is_traced
 
 __all__ = [
     "CountSketch",
@@ -430,13 +430,20 @@ def sketch_apply(sketch: _Sketch, A: jax.Array, side: str = "left", *, offset: i
     """
     _check_sketch(sketch)
     check_choice("side", side, ("left", "right"))
+    check_array("A", A, "a 2-D array")
     A = jnp.asarray(A)
     check_ndim("A", A, 2)
+    if A.size == 0:
+        raise ValueError(f"`A` must be non-empty, got shape {A.shape}.")
     if not jnp.issubdtype(A.dtype, jnp.floating):
         A = A.astype(jnp.float32)
     b = A.shape[0] if side == "left" else A.shape[1]
     what = "rows" if side == "left" else "columns"
     if not is_traced(offset):
+        if (offset is None or isinstance(offset, (bool, np.bool_, str, bytes)) or np.ndim(offset) != 0
+                or not jnp.issubdtype(jnp.result_type(offset), jnp.integer)):
+            raise ValueError(f"`offset` must be an int (the global index of the block's first {what[:-1]}), "
+                             f"got {offset!r}.")
         offset = int(offset)
         if offset < 0 or offset + b > sketch.n:
             raise ValueError(
@@ -486,10 +493,15 @@ def sharded_sketch_apply(sketch: _Sketch, A: jax.Array, mesh: jax.sharding.Mesh,
       >>> SA = sharded_sketch_apply(S, jnp.ones((64, 4)), mesh)
     """
     _check_sketch(sketch)
+    check_array("A", A, "a 2-D array")
     A = jnp.asarray(A)
     check_ndim("A", A, 2)
+    if not jnp.issubdtype(A.dtype, jnp.floating):
+        A = A.astype(jnp.float32)  # as sketch_apply
     if A.shape[0] != sketch.n:
         raise ValueError(f"`A` must have n={sketch.n} rows, got shape {A.shape}.")
+    if not isinstance(mesh, (jax.sharding.Mesh, jax.sharding.AbstractMesh)):
+        raise ValueError(f"`mesh` must be a jax.sharding.Mesh, got {type(mesh).__name__}.")
     if axis not in mesh.shape:
         raise ValueError(f"`axis` {axis!r} is not a mesh axis; mesh axes are {tuple(mesh.shape)}.")
     G = mesh.shape[axis]
@@ -638,6 +650,9 @@ def sketch_update(state: SketchState, rows, cols, deltas) -> SketchState:
       True
     """
     _check_state(state)
+    check_array("rows", rows, "a 1-D integer array")
+    check_array("cols", cols, "a 1-D integer array")
+    check_array("deltas", deltas, "a 1-D array")
     rows = jnp.asarray(rows)
     cols = jnp.asarray(cols)
     deltas = jnp.asarray(deltas)
@@ -687,6 +702,8 @@ def sketch_update_rows(state: SketchState, rows, X) -> SketchState:
       >>> st = sketch_update_rows(SketchState.zeros(S, 2), jnp.array([1, 5]), jnp.ones((2, 2)))
     """
     _check_state(state)
+    check_array("rows", rows, "a 1-D integer array")
+    check_array("X", X, "a 2-D array")
     rows = jnp.asarray(rows)
     X = jnp.asarray(X)
     check_ndim("rows", rows, 1)
