@@ -226,6 +226,47 @@ def _mix():
     })
 
 
+# ------------------------------------------------------------ distill: offline teacher-logit store
+@factory("teacher_topk")
+def _teacher_topk():
+    # logits [..., V]: any leading shape, an empty batch included, is valid
+    return Case({"logits": Arr(R(3, 4, 10), anyrank=True, empty=False), "k": Hyp(3, "count"),
+                 "temperature": Hyp(1.0, "pos")})
+
+
+_STORE_W = np.random.default_rng(7).normal(size=(16, 16)).astype(np.float32)  # vocabulary 16
+
+
+def _store_teacher(t):
+    return jnp.asarray(_STORE_W)[t]
+
+
+@factory("build_teacher_logit_store")
+def _build_store():
+    return Case({
+        "teacher": Fix(_store_teacher),
+        "tokens": Idx(np.arange(24).reshape(3, 8) % 16, 16),
+        "path": Fresh(lambda: tempfile.mkdtemp(prefix="jaxeff-fuzz-store-")),
+        "k": Hyp(4, "count"), "temperature": Hyp(1.0, "pos"), "value_dtype": Hyp("float16", "choice"),
+        "batch_size": Hyp(2, "count"), "shard_sequences": Hyp(2, "count"), "resume": Hyp(False, "bool"),
+        "overwrite": Hyp(False, "bool"),
+    })
+
+
+@functools.lru_cache(maxsize=None)
+def _built_store_path():
+    from jaxeff.distill.logit_store import build_teacher_logit_store
+
+    d = tempfile.mkdtemp(prefix="jaxeff-fuzz-store-")
+    build_teacher_logit_store(_store_teacher, np.arange(24).reshape(3, 8) % 16, d, k=4)
+    return d
+
+
+@factory("open_teacher_logit_store")
+def _open_store():
+    return Case({"path": Fix(_built_store_path())})
+
+
 # ============================================================================ quant
 @factory("get_qformat")
 def _getq():
@@ -1436,7 +1477,9 @@ EXEMPT = {
     "PrunedSite": "result container of prune_model",
     "SketchState": "container (sketch, value, side) consumed by sketch_update/merge (fuzzed)",
     "ObliviousSketch": "result container of oblivious_sketch (fuzzed)",
-    "OnPolicySample": "result container", "SparsifyState": "optax state", "LayerHessian": "result container",
+    "OnPolicySample": "result container", "TeacherBatch": "result container (rows of a store)",
+    "TeacherLogitStore": "opened by open_/build_teacher_logit_store (fuzzed there), not built by users",
+    "STORE_VALUE_DTYPES": "constant tuple", "SparsifyState": "optax state", "LayerHessian": "result container",
     "MSAMState": "optax state", "HessianEigenResult": "result container", "SpectralDensity": "result container",
     "CoherenceEstimate": "result container", "SGDStability": "result container",
     "WuMaECriteria": "result container", "LinearizedSGDSimulation": "result container",

@@ -4,10 +4,19 @@ feature/attention transfer losses and on-policy (GKD) helpers.
 Modules: :mod:`~jaxeff.distill.losses` (divergences on logits), :mod:`~jaxeff.distill.features`
 (hidden-state and attention transfer), :mod:`~jaxeff.distill.fused` (chunked fused linear loss
 with a custom VJP, vocab sharding, offline top-k teacher), :mod:`~jaxeff.distill.on_policy`
-(jit sampling from Flax NNX students, on-policy mixing).
+(jit sampling from Flax NNX students, on-policy mixing), :mod:`~jaxeff.distill.logit_store`
+(offline teacher top-k log-probs: sharded memory-mapped store, resumable build).
 """
 from jaxeff.distill.features import attention_transfer_loss, hidden_state_loss
 from jaxeff.distill.fused import fused_linear_distill_loss, fused_linear_topk_distill_loss
+from jaxeff.distill.logit_store import (
+    STORE_VALUE_DTYPES,
+    TeacherBatch,
+    TeacherLogitStore,
+    build_teacher_logit_store,
+    open_teacher_logit_store,
+    teacher_topk,
+)
 from jaxeff.distill.on_policy import (
     OnPolicySample,
     filter_logits,
@@ -46,4 +55,10 @@ __all__ = [
     "sample_continuations",
     "mix_on_policy",
     "on_policy_batch",
+    "teacher_topk",
+    "TeacherBatch",
+    "TeacherLogitStore",
+    "build_teacher_logit_store",
+    "open_teacher_logit_store",
+    "STORE_VALUE_DTYPES",
 ]

@@ -84,7 +84,15 @@ def teacher_topk(logits: jax.Array, k: int, temperature: float = 1.0) -> tuple[j
       >>> [round(float(v), 4) for v in jnp.exp(lp)], ids.tolist(), round(float(jnp.exp(rest)), 4)
       ([0.5, 0.3], [0, 1], 0.2)
     """
-    z = jnp.asarray(logits).astype(jnp.float32) / temperature
+    if logits is None:
+        raise ValueError("`logits` must be an array [..., V], got None.")
+    logits = jnp.asarray(logits)
+    if logits.ndim < 1 or logits.shape[-1] < 1:
+        raise ValueError(f"`logits` must have a non-empty vocabulary axis [..., V], got shape {logits.shape}.")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= logits.shape[-1]:
+        raise ValueError(f"`k` must be an integer in [1, V={logits.shape[-1]}], got {k!r}.")
+    _check_temperature(temperature)
+    z = logits.astype(jnp.float32) / temperature
     lse = jax.nn.logsumexp(z, axis=-1)
     top, ids = jax.lax.top_k(z, k)
     in_k = jnp.zeros(z.shape, bool)
@@ -97,12 +105,16 @@ def _np_value_dtype(name: str):
     return {"float16": np.float16, "bfloat16": ml_dtypes.bfloat16, "float32": np.float32}[name]
 
 
+def _check_temperature(temperature):
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(float(temperature)) or float(temperature) <= 0:
+        raise ValueError(f"`temperature` must be a finite number > 0, got {temperature!r}.")
+
+
 def _check_store_args(k, temperature, value_dtype, shard_sequences, batch_size):
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"`k` must be a positive integer, got {k!r}.")
-    t = float(temperature)
-    if not np.isfinite(t) or t <= 0:
-        raise ValueError(f"`temperature` must be a finite number > 0, got {temperature!r}.")
+    _check_temperature(temperature)
     if value_dtype not in STORE_VALUE_DTYPES:
         raise ValueError(f"`value_dtype` must be one of {STORE_VALUE_DTYPES}, got {value_dtype!r}.")
     for name, v in (("shard_sequences", shard_sequences), ("batch_size", batch_size)):
@@ -240,6 +252,8 @@ def _read_index(path: Path) -> dict:
 
 def open_teacher_logit_store(path: str | os.PathLike) -> TeacherLogitStore:
     """Open a finished store for reading (ValueError if unfinished, missing or inconsistent)."""
+    if path is None or not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"`path` must be a store directory path, got {path!r}.")
     path = Path(path)
     meta = _read_index(path)
     if not meta["complete"]:
@@ -315,12 +329,21 @@ def build_teacher_logit_store(
       (3, 4, 32)
     """
     _check_store_args(k, temperature, value_dtype, shard_sequences, batch_size)
+    if not callable(teacher):
+        raise TypeError(f"`teacher` must be a callable tokens [B, L] -> logits [B, L, V], got {type(teacher).__name__}.")
+    if path is None or not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"`path` must be a directory path, got {path!r}.")
+    if tokens is None:
+        raise ValueError("`tokens` must be a 2-D integer array [num_sequences, seq_len], got None.")
     toks = tokens if isinstance(tokens, np.ndarray) else np.asarray(tokens)
     if toks.ndim != 2 or not np.issubdtype(toks.dtype, np.integer):
         raise ValueError(f"`tokens` must be a 2-D integer array [num_sequences, seq_len], got {toks.dtype} {toks.shape}.")
     n, seq_len = toks.shape
     if n == 0 or seq_len == 0:
         raise ValueError(f"`tokens` must hold at least one token, got shape {toks.shape}.")
+    for name, v in (("resume", resume), ("overwrite", overwrite), ("progress", progress)):
+        if not isinstance(v, (bool, np.bool_)):
+            raise TypeError(f"`{name}` must be True or False, got {v!r}.")
     if resume and overwrite:
         raise ValueError("`resume` and `overwrite` are exclusive.")
     path = Path(path)
@@ -378,7 +401,11 @@ def build_teacher_logit_store(
         b = min(a + shard_sequences, n)
         out = {p: [] for p in ("logprobs", "ids", "rest")}
         for i in range(a, b, batch_size):
-            chunk = np.asarray(toks[i:min(i + batch_size, b)], np.int32)
+            chunk = np.asarray(toks[i:min(i + batch_size, b)])
+            if chunk.min() < 0 or chunk.max() >= vocab:  # an embedding lookup would clamp silently
+                raise ValueError(f"`tokens` rows {i}..{i + chunk.shape[0] - 1} hold ids outside [0, {vocab}) (the "
+                                 f"teacher's vocabulary): min {int(chunk.min())}, max {int(chunk.max())}.")
+            chunk = chunk.astype(np.int32)
             m = chunk.shape[0]
             if m < batch_size:
                 chunk = np.concatenate([chunk, np.zeros((batch_size - m, seq_len), np.int32)])
