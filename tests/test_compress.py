@@ -128,9 +128,9 @@ def test_run_resume_and_export_loads_in_transformers(corpus, tmp_path):
 
 
 def test_cli_compress_on_cpu8_mesh_equals_one_device_and_distill_cache(corpus, tmp_path):
-    """`jaxeff compress RECIPE key=value --config cpu-8 --out DIR`: data-parallel stages on the
-    8-device mesh, and data x tensor parallel (4 x 2, parameters sharded over the model axis),
-    give one device's numbers (up to reduction order); `jaxeff distill-cache`."""
+    """`jaxeff compress RECIPE key=value --config cpu-8 ... --out DIR`: data x tensor parallel
+    stages (4 x 2, parameters sharded over the model axis) give one device's numbers (up to
+    reduction order); `jaxeff distill-cache`."""
     import jax
     import yaml
 
@@ -145,19 +145,14 @@ def test_cli_compress_on_cpu8_mesh_equals_one_device_and_distill_cache(corpus, t
     f = tmp_path / "recipe.yaml"
     f.write_text(yaml.safe_dump(r))
     one = run_recipe(f, tmp_path / "one", overrides=["stages.0.distill.batch_size=16"], progress=False)
-    rc = main(["compress", str(f), "stages.0.distill.batch_size=16", "--config", "cpu-8", "--out",
-               str(tmp_path / "eight"), "--no-progress"])
-    assert rc == 0
-    eight = json.loads((tmp_path / "eight" / "results.json").read_text())
-    assert [r_["stage"] for r_ in eight] == [r_["stage"] for r_ in one]
-    for a, b in zip(one, eight):
-        np.testing.assert_allclose(b["ppl"], a["ppl"], rtol=2e-3)
+    # (8-way data parallel through `jaxeff compress` is tests/test_demo.py's 8-device test)
     tp = ["topology.mesh.axes=[data,model]", "topology.mesh.shape=[4,2]", "topology.mesh.model_axis=model",
           "topology.shard_params=true"]
     rc = main(["compress", str(f), "stages.0.distill.batch_size=16", "--config", "cpu-8", *tp, "--out",
                str(tmp_path / "tp"), "--no-progress"])
     assert rc == 0
     tp_rows = json.loads((tmp_path / "tp" / "results.json").read_text())
+    assert [r_["stage"] for r_ in tp_rows] == [r_["stage"] for r_ in one]
     from flax import nnx
 
     from jaxeff._core.config import load_config, setup_devices

@@ -16,8 +16,7 @@ def test_notebooks_exist_and_match_sources():
     assert r.returncode == 0, r.stdout + r.stderr
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_runs(path, tmp_path):
+def _run_notebook(path, tmp_path):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     nb = nbformat.read(path, as_version=4)
@@ -37,3 +36,18 @@ def test_notebook_runs(path, tmp_path):
             os.environ["JAXEFF_NOTEBOOK_SIZE"] = env_size
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
+
+
+# One test class per notebook: the suite's xdist scheduling (--dist loadscope) hands each class to
+# whichever worker is free, so the notebooks (tens of seconds each) run on both workers.
+def _notebook_class(path):
+    def test_runs(self, tmp_path):
+        _run_notebook(path, tmp_path)
+
+    name = "TestNotebook_" + path.stem
+    return name, type(name, (), {"test_runs": test_runs, "__doc__": f"notebooks/{path.name} runs top to bottom."})
+
+
+for _p in NOTEBOOKS:
+    _name, _cls = _notebook_class(_p)
+    globals()[_name] = _cls
