@@ -243,3 +243,26 @@ def test_bf16_master_weights_stochastic_rounding_escapes_stagnation(corpus):
         moved[mw] = sum(int(((x != a.astype(jnp.bfloat16).astype(np.float32)) & (np.abs(a) > 1e-3)).sum())
                         for x, a in zip(w, w0))
     assert moved["bfloat16"] == 0 and moved["bfloat16_sr"] > 0, moved
+
+
+def test_bf16_compute_on_fp32_master_weights(corpus):
+    """Topology dtypes compute=bfloat16, params=float32: the forward runs in bf16, the weights the
+    optimizer updates stay float32, and the loss tracks the all-fp32 run."""
+    import jax
+    from flax import nnx
+
+    from jaxeff.compress import _TRAIN, _build_model, _fill, _lm_loss, _Placement, _train, load_corpus
+
+    rec = load_recipe(_recipe(corpus))
+    train, _, _ = load_corpus(rec["data"], None, 256)
+    s = _fill("t", {"steps": 3, "batch_size": 4, "lr": 1e-3}, _TRAIN)
+    out = {}
+    for compute in ("float32", "bfloat16"):
+        where = _Placement.from_topology({"mesh": {"data_axis": "data"}, "shard_params": False,
+                                          "dtypes": {"params": "float32", "compute": compute}}, None)
+        m = _build_model(rec["student"], "student", TEACHER, where)
+        assert m.hidden_states(jnp.asarray(train[:1])).dtype == jnp.dtype(compute)  # (logits come back fp32)
+        out[compute] = _train(m, train, s, _lm_loss, where, False, "t")
+        assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(nnx.state(m, nnx.Param)))
+    assert out["bfloat16"]["first_loss"] == pytest.approx(out["float32"]["first_loss"], rel=2e-2)
+    assert out["bfloat16"]["last_loss"] == pytest.approx(out["float32"]["last_loss"], rel=2e-2)
