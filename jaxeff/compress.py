@@ -684,7 +684,7 @@ def _distill(student, teacher, train, s, store_dir, where, progress, desc):
                            key=next(keys))
             mask = np.zeros(toks.shape, bool)
             mask[:, p_len:] = True  # distill on the generated tokens only
-            return np.asarray(out), mask
+            return out, mask  # stays on the device (where.rows only re-places it)
 
         def loss_on(m, toks, mask):
             h = m.hidden_states(toks[:, :-1])
@@ -726,14 +726,12 @@ def _quantize(model, train, s):
     return q, {"summary": str(summary)}
 
 
-def _param_bytes(model) -> int:
-    return int(sum(np.asarray(x).nbytes for x in jax.tree.leaves(nnx.state(model))))
 
 
 def evaluate(model, val: np.ndarray, ev: Mapping[str, Any]) -> dict[str, float]:
     """Perplexity and next-token accuracy on ``val`` windows, greedy tokens/s on its prefixes
     (best of three timed generations after a compile)."""
-    from jaxeff.models import generate
+    from jaxeff.models import generate, param_bytes
 
     @nnx.jit
     def stats(m, toks):
@@ -757,7 +755,7 @@ def evaluate(model, val: np.ndarray, ev: Mapping[str, Any]) -> dict[str, float]:
         generate(model, prompts, ev["gen_tokens"]).block_until_ready()
         dt = min(dt, time.perf_counter() - t0)
     return {"ppl": float(math.exp(nll / count)), "next_token_acc": acc / count,
-            "gen_tokens_per_s": prompts.shape[0] * ev["gen_tokens"] / dt, "bytes": _param_bytes(model)}
+            "gen_tokens_per_s": prompts.shape[0] * ev["gen_tokens"] / dt, "bytes": param_bytes(model)}
 
 
 def _recipe_hash(recipe: Mapping[str, Any], upto: int) -> str:
@@ -768,9 +766,6 @@ def _recipe_hash(recipe: Mapping[str, Any], upto: int) -> str:
         part["stages"] = recipe["stages"][:upto + 1]
     return hashlib.sha256(json.dumps(part, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
-
-def _param_count(model) -> int:
-    return int(sum(np.size(x) for x in jax.tree.leaves(nnx.state(model, nnx.Param))))
 
 
 def results_table(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -837,7 +832,7 @@ def run_recipe(recipe: str | Path | Mapping, out: str | Path, *, overrides: Sequ
     ``sft_baseline`` and a quantize stage with ``variants`` add rows marked ``side_row`` (compared,
     not carried on).
     """
-    from jaxeff.models import save_pretrained
+    from jaxeff.models import param_count, save_pretrained
 
     rec = load_recipe(recipe, overrides)
     where = _Placement.from_topology(topology, mesh)
@@ -877,7 +872,7 @@ def run_recipe(recipe: str | Path | Mapping, out: str | Path, *, overrides: Sequ
             if tdir.exists():
                 shutil.rmtree(tdir)
             save_pretrained(teacher, tdir / "model")
-            trow = {"stage": "teacher", "model": "teacher", "params": _param_count(teacher),
+            trow = {"stage": "teacher", "model": "teacher", "params": param_count(teacher),
                     **evaluate(teacher, val, ev), **tinfo, "hash": thash}
             (tdir / "metrics.json").write_text(json.dumps(trow, indent=1))
             if cached is not None:
@@ -922,7 +917,7 @@ def run_recipe(recipe: str | Path | Mapping, out: str | Path, *, overrides: Sequ
     train, val, _ = load_corpus(rec["data"], tok_dir, vocab)
     srow0 = out / "student-initial.json"
     if last_done < 0 or not srow0.is_file():
-        srow0.write_text(json.dumps({"stage": "start", "model": "student (initial)", "params": _param_count(student),
+        srow0.write_text(json.dumps({"stage": "start", "model": "student (initial)", "params": param_count(student),
                                      **evaluate(student, val, ev)}))
     rows.append(json.loads(srow0.read_text()))
     for i in range(last_done + 1):
@@ -932,7 +927,7 @@ def run_recipe(recipe: str | Path | Mapping, out: str | Path, *, overrides: Sequ
         rows.append(m)
 
     quantized = any(next(iter(st)) == "quantize" for st in rec["stages"][:last_done + 1])
-    float_params = rows[-1]["params"] if "params" in rows[-1] else _param_count(student)
+    float_params = rows[-1]["params"] if "params" in rows[-1] else param_count(student)
     for i in range(last_done + 1, len(rec["stages"])):
         (name, s), = rec["stages"][i].items()
         s = {**s, "run_seed": rec["seed"]}  # the recipe's `seed` shifts every stage's batch order
@@ -945,7 +940,7 @@ def run_recipe(recipe: str | Path | Mapping, out: str | Path, *, overrides: Sequ
             if s["sft_baseline"]:  # same start, steps, optimizer and batches; hard labels only
                 base = nnx.clone(student)
                 binfo = _train(base, train, s, _lm_loss, where, progress, f"{name} (SFT baseline)")
-                side.append({"stage": stage, "model": f"{name} SFT baseline", "params": _param_count(base),
+                side.append({"stage": stage, "model": f"{name} SFT baseline", "params": param_count(base),
                              **evaluate(base, val, ev), **binfo, "side_row": True})
                 del base
             info = _distill(student, teacher, train, s, out / "teacher-logits", where, progress, name)
@@ -973,7 +968,7 @@ def run_recipe(recipe: str | Path | Mapping, out: str | Path, *, overrides: Sequ
         info["stage_seconds"] = time.perf_counter() - t0
         save_pretrained(student, d / "model")
         if not quantized:
-            float_params = _param_count(student)
+            float_params = param_count(student)
         label = f"{name} {s['name']}" if name == "quantize" and s["name"] else name
         row = {"stage": stage, "model": label, "params": float_params, **evaluate(student, val, ev), **info,
                "hash": _recipe_hash(rec, i), "side_rows": side}
